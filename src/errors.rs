@@ -1,0 +1,37 @@
+//! Error classes shared by the pure modules.
+//!
+//! Pure code (no pgrx) says *what kind* of failure happened; the SQL-facing
+//! glue (`src/pgerr.rs`) maps each kind to one SQLSTATE, in one place, so the
+//! codes users see are consistent and documented in the README.
+
+/// What went wrong, as far as a SQL caller is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A function argument or setting has an unusable value (22023).
+    InvalidParameter,
+    /// The caller lacks a privilege (42501).
+    InsufficientPrivilege,
+    /// Something the function needs is missing or not set up (55000).
+    NotInPrerequisiteState,
+    /// A named object (queue, table) does not exist (42704).
+    UndefinedObject,
+    /// The remote service rejected our credentials (28000).
+    InvalidAuthorization,
+    /// Could not connect to the remote service (08001).
+    ConnectionFailure,
+    /// The connection failed or timed out mid-request (08006).
+    ConnectionLost,
+    /// The remote service answered with something we cannot understand (08P01).
+    ProtocolViolation,
+    /// A size limit was exceeded (54000).
+    LimitExceeded,
+    /// The remote service reported an error we have no better class for (58000).
+    External,
+    /// A bug: should not happen (XX000).
+    Internal,
+}
+
+/// Implemented by every error enum of the pure modules.
+pub trait Classified {
+    fn kind(&self) -> ErrorKind;
+}
