@@ -15,6 +15,12 @@ pub enum ErrorKind {
     NotInPrerequisiteState,
     /// A named object (queue, table) does not exist (42704).
     UndefinedObject,
+    /// A table lacks a column we need (42703).
+    UndefinedColumn,
+    /// A column has a type we cannot store into (42804).
+    DatatypeMismatch,
+    /// The named object is not the kind we need, e.g. a view (42809).
+    WrongObjectType,
     /// The remote service rejected our credentials (28000).
     InvalidAuthorization,
     /// Could not connect to the remote service (08001).

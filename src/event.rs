@@ -1,0 +1,579 @@
+//! Login events: validate and flatten one SQS message body into a row of the
+//! target table, or say precisely why not.
+//!
+//! The contract is the Fetch exercise's: a flat JSON object with `user_id`,
+//! `device_type`, `ip`, `locale`, `device_id`, `app_version`, all strings or
+//! null. Unknown extra fields are ignored.
+
+use std::fmt;
+
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde_json::Value;
+
+/// The login fields, in the order the exercise lists them.
+pub const LOGIN_FIELDS: [&str; 6] = [
+    "user_id",
+    "device_type",
+    "ip",
+    "locale",
+    "device_id",
+    "app_version",
+];
+
+/// What the target table can hold, read from its columns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    /// Maximum characters (None: unlimited, e.g. `text`).
+    pub user_id_chars: Option<usize>,
+    pub device_type_chars: Option<usize>,
+    pub locale_chars: Option<usize>,
+    pub app_version: AppVersionColumn,
+}
+
+/// How `app_version` is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppVersionColumn {
+    /// An integer column: `major*10000 + minor*100 + patch`, within `min..=max`.
+    Integer { min: i64, max: i64 },
+    /// A text column: the string as is, up to `max_chars`.
+    Text { max_chars: Option<usize> },
+}
+
+impl Default for Limits {
+    /// The exercise's DDL: varchar(128)/varchar(32)/varchar(32), integer app_version.
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 64 * 1024,
+            user_id_chars: Some(128),
+            device_type_chars: Some(32),
+            locale_chars: Some(32),
+            app_version: AppVersionColumn::Integer {
+                min: i32::MIN as i64,
+                max: i32::MAX as i64,
+            },
+        }
+    }
+}
+
+/// A stored app_version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppVersion {
+    Int(Option<i64>),
+    Text(Option<String>),
+}
+
+/// A valid login event (raw PII still in it: mask before storing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginEvent {
+    pub user_id: String,
+    pub device_type: Option<String>,
+    pub ip: Option<String>,
+    pub locale: Option<String>,
+    pub device_id: Option<String>,
+    pub app_version: AppVersion,
+}
+
+/// Why a message was not loaded: a stable code for grouping, and a detail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reject {
+    pub code: &'static str,
+    pub detail: String,
+}
+
+impl fmt::Display for Reject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.detail)
+    }
+}
+
+fn reject(code: &'static str, detail: impl Into<String>) -> Reject {
+    Reject {
+        code,
+        detail: detail.into(),
+    }
+}
+
+/// The top-level object as an ordered list of fields, so duplicate keys are seen
+/// (serde_json's map would silently keep the last one).
+struct Fields(Vec<(String, Value)>);
+
+impl<'de> serde::Deserialize<'de> for Fields {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Fields;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = map.next_entry::<String, Value>()? {
+                    out.push((k, v));
+                }
+                Ok(Fields(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// Validates and flattens one message body.
+pub fn parse_login(body: &str, limits: &Limits) -> Result<LoginEvent, Reject> {
+    if body.len() > limits.max_body_bytes {
+        return Err(reject(
+            "too_large",
+            format!(
+                "body is {} bytes; the limit (fetch_etl.max_body_bytes) is {}",
+                body.len(),
+                limits.max_body_bytes
+            ),
+        ));
+    }
+    // Parse as a generic value first, for a precise error on anything but an object.
+    let fields: Fields = match serde_json::from_str::<Fields>(body) {
+        Ok(f) => f,
+        Err(e) => {
+            let msg = e.to_string();
+            if msg.contains("recursion limit exceeded") {
+                return Err(reject("too_deep", "JSON nesting exceeds 128 levels"));
+            }
+            return Err(match serde_json::from_str::<Value>(body) {
+                Ok(v) => reject(
+                    "not_object",
+                    format!("body is a JSON {}, not an object", json_kind(&v)),
+                ),
+                Err(e2) if e2.to_string().contains("recursion limit exceeded") => {
+                    reject("too_deep", "JSON nesting exceeds 128 levels")
+                }
+                Err(e2) => reject("not_json", e2.to_string()),
+            });
+        }
+    };
+    let mut seen: Vec<&str> = Vec::new();
+    for (k, _) in &fields.0 {
+        if seen.contains(&k.as_str()) {
+            return Err(reject(
+                "duplicate_field",
+                format!("field {k:?} appears more than once"),
+            ));
+        }
+        seen.push(k);
+    }
+    if !fields
+        .0
+        .iter()
+        .any(|(k, _)| LOGIN_FIELDS.contains(&k.as_str()))
+    {
+        let mut names: Vec<&str> = fields.0.iter().map(|(k, _)| k.as_str()).collect();
+        names.sort_unstable();
+        let shown: Vec<String> = names.iter().take(10).map(|n| truncate(n, 40)).collect();
+        let more = if names.len() > 10 {
+            format!(" and {} more", names.len() - 10)
+        } else {
+            String::new()
+        };
+        return Err(reject(
+            "not_login_event",
+            if names.is_empty() {
+                "the object has no fields".to_string()
+            } else {
+                format!("no login fields; has: {}{more}", shown.join(", "))
+            },
+        ));
+    }
+
+    let get = |name: &'static str| -> Result<Option<String>, Reject> {
+        match fields.0.iter().find(|(k, _)| k == name).map(|(_, v)| v) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => {
+                if s.contains('\0') {
+                    Err(reject("nul_character", format!("{name} contains a NUL character (\\u0000), which PostgreSQL text cannot store")))
+                } else {
+                    Ok(Some(s.clone()))
+                }
+            }
+            Some(other) => Err(reject(
+                "wrong_type",
+                format!("{name} must be a string or null, got {}", json_kind(other)),
+            )),
+        }
+    };
+    let check_len = |name: &str, v: &Option<String>, max: Option<usize>| -> Result<(), Reject> {
+        if let (Some(v), Some(max)) = (v, max) {
+            let n = v.chars().count();
+            if n > max {
+                return Err(reject(
+                    "too_long",
+                    format!("{name} has {n} characters; the column allows {max}"),
+                ));
+            }
+        }
+        Ok(())
+    };
+
+    let user_id = get("user_id")?;
+    let device_type = get("device_type")?;
+    let ip = get("ip")?;
+    let locale = get("locale")?;
+    let device_id = get("device_id")?;
+    let app_version_raw = get("app_version")?;
+
+    let user_id = match user_id {
+        Some(u) if !u.is_empty() => u,
+        _ => return Err(reject("missing_field", "user_id is required")),
+    };
+    check_len("user_id", &Some(user_id.clone()), limits.user_id_chars)?;
+    check_len("device_type", &device_type, limits.device_type_chars)?;
+    check_len("locale", &locale, limits.locale_chars)?;
+
+    let app_version = match limits.app_version {
+        AppVersionColumn::Text { max_chars } => {
+            check_len("app_version", &app_version_raw, max_chars)?;
+            AppVersion::Text(app_version_raw)
+        }
+        AppVersionColumn::Integer { min, max } => match &app_version_raw {
+            None => AppVersion::Int(None),
+            Some(v) => {
+                let n = encode_app_version(v).map_err(|why| reject("bad_app_version", why))?;
+                if n < min || n > max {
+                    return Err(reject(
+                        "bad_app_version",
+                        format!("app_version {} encodes to {n}, outside the column's range {min}..{max}", quoted(v)),
+                    ));
+                }
+                AppVersion::Int(Some(n))
+            }
+        },
+    };
+    Ok(LoginEvent {
+        user_id,
+        device_type,
+        ip,
+        locale,
+        device_id,
+        app_version,
+    })
+}
+
+/// `major*10000 + minor*100 + patch`: order-preserving for versions whose minor
+/// and patch are below 100 (`2.3` = `2.3.0` = 20300, `0.96` = 9600 > `0.9.6` = 906).
+pub fn encode_app_version(v: &str) -> Result<i64, String> {
+    let parts: Vec<&str> = v.split('.').collect();
+    if v.is_empty()
+        || parts.len() > 3
+        || parts
+            .iter()
+            .any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(format!(
+            "app_version {} is not of the form major[.minor[.patch]] with decimal digits",
+            quoted(v)
+        ));
+    }
+    let nums: Vec<u64> = parts
+        .iter()
+        .map(|p| {
+            p.parse::<u64>()
+                .map_err(|_| format!("app_version {} has a component too large", quoted(v)))
+        })
+        .collect::<Result<_, _>>()?;
+    if nums.iter().skip(1).any(|&n| n > 99) {
+        return Err(format!(
+            "app_version {} has a minor or patch above 99, which major*10000+minor*100+patch cannot encode",
+            quoted(v)
+        ));
+    }
+    let major = nums[0];
+    if major > 100_000_000 {
+        return Err(format!(
+            "app_version {} has a major version too large",
+            quoted(v)
+        ));
+    }
+    Ok((major * 10_000
+        + nums.get(1).copied().unwrap_or(0) * 100
+        + nums.get(2).copied().unwrap_or(0)) as i64)
+}
+
+/// The UTC calendar date of a Unix time in milliseconds, as `YYYY-MM-DD`.
+pub fn utc_date(ms: i64) -> String {
+    // Days since 1970-01-01, then the civil date (H. Hinnant's algorithm).
+    let z = ms.div_euclid(86_400_000) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() > max {
+        format!("{}...", s.chars().take(max).collect::<String>())
+    } else {
+        s.to_string()
+    }
+}
+
+fn quoted(s: &str) -> String {
+    format!("{:?}", truncate(s, 40))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(body: &str) -> LoginEvent {
+        parse_login(body, &Limits::default()).unwrap()
+    }
+
+    fn code(body: &str) -> &'static str {
+        parse_login(body, &Limits::default()).unwrap_err().code
+    }
+
+    const GOOD: &str = r#"{"user_id": "424cdd21-063a-43a7-b91b-7ca1a833afae", "app_version": "2.3.0", "device_type": "android", "ip": "199.172.111.135", "locale": "RU", "device_id": "593-47-5928"}"#;
+
+    #[test]
+    fn sample_record() {
+        let e = ok(GOOD);
+        assert_eq!(e.user_id, "424cdd21-063a-43a7-b91b-7ca1a833afae");
+        assert_eq!(e.device_type.as_deref(), Some("android"));
+        assert_eq!(e.ip.as_deref(), Some("199.172.111.135"));
+        assert_eq!(e.locale.as_deref(), Some("RU"));
+        assert_eq!(e.device_id.as_deref(), Some("593-47-5928"));
+        assert_eq!(e.app_version, AppVersion::Int(Some(20300)));
+    }
+
+    #[test]
+    fn nulls_and_missing_optional_fields() {
+        let e = ok(r#"{"user_id": "u", "locale": null, "app_version": null}"#);
+        assert_eq!(e.locale, None);
+        assert_eq!(e.ip, None);
+        assert_eq!(e.app_version, AppVersion::Int(None));
+        // unknown fields are ignored
+        assert_eq!(
+            ok(r#"{"user_id": "u", "extra": [1, {"x": 2}]}"#).user_id,
+            "u"
+        );
+    }
+
+    #[test]
+    fn the_exercise_wrong_type_message() {
+        let r = parse_login(
+            r#"{"foo": "oops_wrong_msg_type", "bar": "123"}"#,
+            &Limits::default(),
+        )
+        .unwrap_err();
+        assert_eq!(r.code, "not_login_event");
+        assert_eq!(r.detail, "no login fields; has: bar, foo");
+        assert_eq!(
+            r.to_string(),
+            "not_login_event: no login fields; has: bar, foo"
+        );
+    }
+
+    #[test]
+    fn reject_reasons() {
+        assert_eq!(code("not json"), "not_json");
+        assert_eq!(code(""), "not_json");
+        assert_eq!(code(r#"{"user_id": "u""#), "not_json");
+        assert_eq!(
+            code(r#"{"user_id": "\ud800"}"#),
+            "not_json",
+            "lone surrogate"
+        );
+        assert_eq!(code("[1, 2]"), "not_object");
+        assert_eq!(code("\"a string\""), "not_object");
+        assert_eq!(code("null"), "not_object");
+        assert_eq!(code("{}"), "not_login_event");
+        assert_eq!(code(r#"{"ip": "1.2.3.4"}"#), "missing_field");
+        assert_eq!(
+            code(r#"{"user_id": null, "ip": "1.2.3.4"}"#),
+            "missing_field"
+        );
+        assert_eq!(code(r#"{"user_id": ""}"#), "missing_field");
+        assert_eq!(code(r#"{"user_id": 42}"#), "wrong_type");
+        assert_eq!(code(r#"{"user_id": "u", "ip": ["1.2.3.4"]}"#), "wrong_type");
+        assert_eq!(
+            code(r#"{"user_id": "u", "app_version": 2.3}"#),
+            "wrong_type"
+        );
+        assert_eq!(
+            code(r#"{"user_id": "u", "locale": {"x": 1}}"#),
+            "wrong_type"
+        );
+        assert_eq!(
+            code(r#"{"user_id": "u", "device_type": true}"#),
+            "wrong_type"
+        );
+        assert_eq!(code(r#"{"user_id": "u\u0000v"}"#), "nul_character");
+        assert_eq!(
+            code(r#"{"user_id": "u", "user_id": "v"}"#),
+            "duplicate_field"
+        );
+        assert_eq!(
+            code(&format!(r#"{{"user_id": "{}"}}"#, "u".repeat(129))),
+            "too_long"
+        );
+        assert_eq!(
+            code(r#"{"user_id": "u", "device_type": "an-extremely-long-device-type-name"}"#),
+            "too_long"
+        );
+        assert_eq!(
+            code(r#"{"user_id": "u", "app_version": "1.2.3.4"}"#),
+            "bad_app_version"
+        );
+        assert_eq!(
+            code(r#"{"user_id": "u", "app_version": "1.100"}"#),
+            "bad_app_version"
+        );
+        assert_eq!(
+            code(r#"{"user_id": "u", "app_version": "99999999"}"#),
+            "bad_app_version"
+        );
+        let deep = "[".repeat(200) + &"]".repeat(200);
+        assert_eq!(code(&deep), "too_deep");
+        let deep_in_object = format!(
+            r#"{{"user_id": "u", "x": {}{}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        assert_eq!(code(&deep_in_object), "too_deep");
+        let big = format!(r#"{{"user_id": "u", "pad": "{}"}}"#, "x".repeat(70_000));
+        assert_eq!(code(&big), "too_large");
+    }
+
+    #[test]
+    fn length_is_in_characters_not_bytes() {
+        let name = "é".repeat(32); // 64 bytes, 32 characters
+        assert!(parse_login(
+            &format!(r#"{{"user_id": "u", "device_type": "{name}"}}"#),
+            &Limits::default()
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn text_app_version_column_keeps_the_string() {
+        let limits = Limits {
+            app_version: AppVersionColumn::Text { max_chars: Some(8) },
+            ..Limits::default()
+        };
+        let e = parse_login(r#"{"user_id": "u", "app_version": "1.2.3.4"}"#, &limits).unwrap();
+        assert_eq!(e.app_version, AppVersion::Text(Some("1.2.3.4".into())));
+        assert_eq!(
+            parse_login(
+                r#"{"user_id": "u", "app_version": "1.2.3.4-beta"}"#,
+                &limits
+            )
+            .unwrap_err()
+            .code,
+            "too_long"
+        );
+    }
+
+    #[test]
+    fn smallint_column_range() {
+        let limits = Limits {
+            app_version: AppVersionColumn::Integer {
+                min: -32768,
+                max: 32767,
+            },
+            ..Limits::default()
+        };
+        assert!(parse_login(r#"{"user_id": "u", "app_version": "3.27.67"}"#, &limits).is_ok());
+        let r = parse_login(r#"{"user_id": "u", "app_version": "4.0"}"#, &limits).unwrap_err();
+        assert_eq!(r.code, "bad_app_version");
+        assert!(r.detail.contains("40000"), "{}", r.detail);
+    }
+
+    #[test]
+    fn app_version_encoding() {
+        assert_eq!(encode_app_version("2.3.0"), Ok(20300));
+        assert_eq!(encode_app_version("2.3"), Ok(20300));
+        assert_eq!(encode_app_version("0.96"), Ok(9600));
+        assert_eq!(encode_app_version("0.9.6"), Ok(906));
+        assert_eq!(encode_app_version("2.00"), Ok(20000));
+        assert_eq!(encode_app_version("4.19"), Ok(41900));
+        assert_eq!(encode_app_version("5"), Ok(50000));
+        assert_eq!(encode_app_version("0.2.6"), Ok(206));
+        assert_eq!(encode_app_version("0.26"), Ok(2600));
+        assert_eq!(encode_app_version("2.6"), Ok(20600));
+        assert_eq!(encode_app_version("99.99.99"), Ok(999_999));
+        assert!(encode_app_version("0.96").unwrap() > encode_app_version("0.9.6").unwrap());
+        for bad in [
+            "", ".", "1.", ".1", "1..2", "1.2.3.4", "v1.2", "1.2-beta", " 1.2", "1.2 ", "-1.2",
+            "+1", "1.100", "١.٢",
+        ] {
+            assert!(encode_app_version(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn every_sample_version_encodes_in_order() {
+        let sample = include_str!("../data/login-queue-sample.json");
+        let records: Vec<Value> = serde_json::from_str(sample).unwrap();
+        let mut versions: Vec<(String, i64)> = records
+            .iter()
+            .filter_map(|r| r.get("app_version").and_then(|v| v.as_str()))
+            .map(|v| (v.to_string(), encode_app_version(v).unwrap()))
+            .collect();
+        assert_eq!(versions.len(), 99);
+        // numeric tuple order equals encoded order
+        versions.sort_by_key(|(v, _)| {
+            v.split('.')
+                .map(|p| p.parse::<u32>().unwrap())
+                .chain([0, 0])
+                .take(3)
+                .collect::<Vec<_>>()
+        });
+        assert!(
+            versions.windows(2).all(|w| w[0].1 <= w[1].1),
+            "{versions:?}"
+        );
+    }
+
+    #[test]
+    fn every_sample_record_is_classified() {
+        let sample = include_str!("../data/login-queue-sample.json");
+        let records: Vec<Value> = serde_json::from_str(sample).unwrap();
+        let outcomes: Vec<Result<LoginEvent, Reject>> = records
+            .iter()
+            .map(|r| parse_login(&serde_json::to_string(r).unwrap(), &Limits::default()))
+            .collect();
+        assert_eq!(outcomes.iter().filter(|o| o.is_ok()).count(), 99);
+        assert_eq!(outcomes[12].as_ref().unwrap_err().code, "not_login_event");
+        let null_locales = outcomes
+            .iter()
+            .filter_map(|o| o.as_ref().ok())
+            .filter(|e| e.locale.is_none())
+            .count();
+        assert_eq!(null_locales, 29);
+    }
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc_date(0), "1970-01-01");
+        assert_eq!(utc_date(1_670_000_000_000), "2022-12-02");
+        assert_eq!(utc_date(951_782_400_000), "2000-02-29");
+        assert_eq!(utc_date(951_868_799_999), "2000-02-29");
+        assert_eq!(utc_date(951_868_800_000), "2000-03-01");
+        assert_eq!(utc_date(-1), "1969-12-31");
+        assert_eq!(utc_date(4_102_444_800_000), "2100-01-01");
+    }
+}

@@ -1,0 +1,736 @@
+//! SQS on the wire: request bodies and response parsing for both protocols.
+//!
+//! JSON protocol: `POST /`, `Content-Type: application/x-amz-json-1.0`,
+//! `X-Amz-Target: AmazonSQS.<Action>`, JSON body and reply.
+//! Query protocol: `POST <queue path>`, form-encoded `Action=<Action>&...`,
+//! XML reply. Both carry the queue URL as `QueueUrl`.
+
+use std::collections::HashMap;
+
+use quick_xml::events::Event;
+use serde::Deserialize;
+
+use super::{DeleteOutcome, Message, Protocol, QueueRef, SqsError};
+
+pub const QUERY_API_VERSION: &str = "2012-11-05";
+/// Message attributes the drain asks for.
+pub const WANTED_ATTRIBUTES: [&str; 2] = ["SentTimestamp", "ApproximateReceiveCount"];
+
+/// A request ready to be signed and sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireRequest {
+    /// Path on the endpoint (`/` for JSON, the queue's path for Query).
+    pub path: String,
+    pub content_type: &'static str,
+    /// `X-Amz-Target` (JSON protocol only).
+    pub target: Option<String>,
+    pub body: Vec<u8>,
+}
+
+fn json_request(action: &str, body: serde_json::Value) -> WireRequest {
+    WireRequest {
+        path: "/".to_string(),
+        content_type: "application/x-amz-json-1.0",
+        target: Some(format!("AmazonSQS.{action}")),
+        body: serde_json::to_vec(&body).expect("JSON values serialize"),
+    }
+}
+
+fn query_request(queue: &QueueRef, action: &str, params: &[(String, String)]) -> WireRequest {
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    form.append_pair("Action", action);
+    form.append_pair("Version", QUERY_API_VERSION);
+    form.append_pair("QueueUrl", &queue.queue_url);
+    for (k, v) in params {
+        form.append_pair(k, v);
+    }
+    let path = url::Url::parse(&queue.queue_url)
+        .map(|u| u.path().to_string())
+        .unwrap_or_else(|_| "/".to_string());
+    WireRequest {
+        path,
+        content_type: "application/x-www-form-urlencoded; charset=utf-8",
+        target: None,
+        body: form.finish().into_bytes(),
+    }
+}
+
+/// ReceiveMessage: up to `max` (1..=10) messages, long-polling `wait_seconds`.
+pub fn receive_request(
+    protocol: Protocol,
+    queue: &QueueRef,
+    max: u32,
+    wait_seconds: u32,
+    visibility_timeout: Option<u32>,
+) -> WireRequest {
+    match protocol {
+        Protocol::Json => {
+            let mut body = serde_json::json!({
+                "QueueUrl": queue.queue_url,
+                "MaxNumberOfMessages": max,
+                "WaitTimeSeconds": wait_seconds,
+                // AttributeNames is the older name of MessageSystemAttributeNames; send both.
+                "AttributeNames": WANTED_ATTRIBUTES,
+                "MessageSystemAttributeNames": WANTED_ATTRIBUTES,
+            });
+            if let Some(v) = visibility_timeout {
+                body["VisibilityTimeout"] = v.into();
+            }
+            json_request("ReceiveMessage", body)
+        }
+        Protocol::Query => {
+            let mut params = vec![
+                ("MaxNumberOfMessages".to_string(), max.to_string()),
+                ("WaitTimeSeconds".to_string(), wait_seconds.to_string()),
+            ];
+            for (i, a) in WANTED_ATTRIBUTES.iter().enumerate() {
+                params.push((format!("AttributeName.{}", i + 1), a.to_string()));
+            }
+            if let Some(v) = visibility_timeout {
+                params.push(("VisibilityTimeout".to_string(), v.to_string()));
+            }
+            query_request(queue, "ReceiveMessage", &params)
+        }
+    }
+}
+
+/// DeleteMessageBatch of up to 10 `(entry id, receipt handle)` pairs.
+pub fn delete_batch_request(
+    protocol: Protocol,
+    queue: &QueueRef,
+    entries: &[(String, String)],
+) -> WireRequest {
+    match protocol {
+        Protocol::Json => {
+            let entries: Vec<_> = entries
+                .iter()
+                .map(|(id, handle)| serde_json::json!({"Id": id, "ReceiptHandle": handle}))
+                .collect();
+            json_request(
+                "DeleteMessageBatch",
+                serde_json::json!({"QueueUrl": queue.queue_url, "Entries": entries}),
+            )
+        }
+        Protocol::Query => {
+            let mut params = Vec::with_capacity(entries.len() * 2);
+            for (i, (id, handle)) in entries.iter().enumerate() {
+                params.push((
+                    format!("DeleteMessageBatchRequestEntry.{}.Id", i + 1),
+                    id.clone(),
+                ));
+                params.push((
+                    format!("DeleteMessageBatchRequestEntry.{}.ReceiptHandle", i + 1),
+                    handle.clone(),
+                ));
+            }
+            query_request(queue, "DeleteMessageBatch", &params)
+        }
+    }
+}
+
+/// GetQueueAttributes for the named attributes.
+pub fn get_attributes_request(protocol: Protocol, queue: &QueueRef, names: &[&str]) -> WireRequest {
+    match protocol {
+        Protocol::Json => json_request(
+            "GetQueueAttributes",
+            serde_json::json!({"QueueUrl": queue.queue_url, "AttributeNames": names}),
+        ),
+        Protocol::Query => {
+            let params: Vec<_> = names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (format!("AttributeName.{}", i + 1), n.to_string()))
+                .collect();
+            query_request(queue, "GetQueueAttributes", &params)
+        }
+    }
+}
+
+// ---------------------------------------------------------------- responses
+
+#[derive(Deserialize)]
+struct JsonReceive {
+    #[serde(rename = "Messages", default)]
+    messages: Vec<JsonMessage>,
+}
+
+#[derive(Deserialize)]
+struct JsonMessage {
+    #[serde(rename = "MessageId")]
+    message_id: String,
+    #[serde(rename = "ReceiptHandle")]
+    receipt_handle: String,
+    #[serde(rename = "Body", default)]
+    body: String,
+    #[serde(rename = "Attributes", default)]
+    attributes: HashMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct JsonDeleteBatch {
+    #[serde(rename = "Successful", default)]
+    successful: Vec<serde_json::Value>,
+    #[serde(rename = "Failed", default)]
+    failed: Vec<JsonBatchError>,
+}
+
+#[derive(Deserialize)]
+struct JsonBatchError {
+    #[serde(rename = "Id", default)]
+    id: String,
+    #[serde(rename = "Code", default)]
+    code: String,
+}
+
+#[derive(Deserialize)]
+struct JsonAttributes {
+    #[serde(rename = "Attributes", default)]
+    attributes: HashMap<String, String>,
+}
+
+fn malformed(what: &str, e: impl std::fmt::Display) -> SqsError {
+    SqsError::Malformed(format!("{what}: {e}"))
+}
+
+fn message_from(
+    message_id: String,
+    receipt_handle: String,
+    body: String,
+    attrs: &HashMap<String, String>,
+) -> Message {
+    Message {
+        message_id,
+        receipt_handle,
+        body,
+        sent_timestamp_ms: attrs
+            .get("SentTimestamp")
+            .and_then(|v| v.trim().parse().ok()),
+        receive_count: attrs
+            .get("ApproximateReceiveCount")
+            .and_then(|v| v.trim().parse().ok()),
+    }
+}
+
+/// Messages of a successful ReceiveMessage reply.
+pub fn parse_receive(protocol: Protocol, body: &[u8]) -> Result<Vec<Message>, SqsError> {
+    match protocol {
+        Protocol::Json => {
+            let r: JsonReceive =
+                serde_json::from_slice(body).map_err(|e| malformed("ReceiveMessage", e))?;
+            Ok(r.messages
+                .into_iter()
+                .map(|m| message_from(m.message_id, m.receipt_handle, m.body, &m.attributes))
+                .collect())
+        }
+        Protocol::Query => {
+            let root = XmlElement::parse(body)?;
+            let result = root
+                .child("ReceiveMessageResult")
+                .ok_or_else(|| malformed("ReceiveMessage", "no ReceiveMessageResult"))?;
+            result
+                .children_named("Message")
+                .map(|m| {
+                    let field = |name: &str| {
+                        m.child(name).map(|c| c.text.clone()).ok_or_else(|| {
+                            malformed("ReceiveMessage", format!("message without {name}"))
+                        })
+                    };
+                    let attrs: HashMap<String, String> = m
+                        .children_named("Attribute")
+                        .filter_map(|a| {
+                            Some((
+                                a.child("Name")?.text.clone(),
+                                a.child("Value")?.text.clone(),
+                            ))
+                        })
+                        .collect();
+                    let body = m.child("Body").map(|b| b.text.clone()).unwrap_or_default();
+                    Ok(message_from(
+                        field("MessageId")?,
+                        field("ReceiptHandle")?,
+                        body,
+                        &attrs,
+                    ))
+                })
+                .collect()
+        }
+    }
+}
+
+/// Outcome of a successful DeleteMessageBatch reply.
+pub fn parse_delete_batch(protocol: Protocol, body: &[u8]) -> Result<DeleteOutcome, SqsError> {
+    match protocol {
+        Protocol::Json => {
+            let r: JsonDeleteBatch =
+                serde_json::from_slice(body).map_err(|e| malformed("DeleteMessageBatch", e))?;
+            Ok(DeleteOutcome {
+                deleted: r.successful.len(),
+                failed: r.failed.into_iter().map(|f| (f.id, f.code)).collect(),
+            })
+        }
+        Protocol::Query => {
+            let root = XmlElement::parse(body)?;
+            let result = root
+                .child("DeleteMessageBatchResult")
+                .ok_or_else(|| malformed("DeleteMessageBatch", "no DeleteMessageBatchResult"))?;
+            Ok(DeleteOutcome {
+                deleted: result
+                    .children_named("DeleteMessageBatchResultEntry")
+                    .count(),
+                failed: result
+                    .children_named("BatchResultErrorEntry")
+                    .map(|e| {
+                        let text = |n: &str| e.child(n).map(|c| c.text.clone()).unwrap_or_default();
+                        (text("Id"), text("Code"))
+                    })
+                    .collect(),
+            })
+        }
+    }
+}
+
+/// Attributes of a successful GetQueueAttributes reply.
+pub fn parse_attributes(
+    protocol: Protocol,
+    body: &[u8],
+) -> Result<HashMap<String, String>, SqsError> {
+    match protocol {
+        Protocol::Json => {
+            let r: JsonAttributes =
+                serde_json::from_slice(body).map_err(|e| malformed("GetQueueAttributes", e))?;
+            Ok(r.attributes)
+        }
+        Protocol::Query => {
+            let root = XmlElement::parse(body)?;
+            let result = root
+                .child("GetQueueAttributesResult")
+                .ok_or_else(|| malformed("GetQueueAttributes", "no GetQueueAttributesResult"))?;
+            Ok(result
+                .children_named("Attribute")
+                .filter_map(|a| {
+                    Some((
+                        a.child("Name")?.text.clone(),
+                        a.child("Value")?.text.clone(),
+                    ))
+                })
+                .collect())
+        }
+    }
+}
+
+/// An error reply, whichever protocol it came in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorReply {
+    pub code: String,
+    pub message: String,
+    /// True when the reply was a JSON-protocol error (`{"__type": ...}`):
+    /// proof that the server speaks the JSON protocol.
+    pub json_protocol: bool,
+}
+
+/// Reads an error reply: JSON (`__type`, `message`, or the `x-amzn-query-error`
+/// header), Query XML (`<ErrorResponse><Error><Code>`), or anything else.
+pub fn parse_error(status: u16, query_error_header: Option<&str>, body: &[u8]) -> ErrorReply {
+    let header_code = query_error_header
+        .and_then(|h| h.split(';').next())
+        .map(str::trim)
+        .filter(|s| !s.is_empty());
+    if let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(body) {
+        if let Some(t) = map.get("__type").and_then(|v| v.as_str()) {
+            let code = header_code
+                .map(str::to_string)
+                .unwrap_or_else(|| t.rsplit('#').next().unwrap_or(t).to_string());
+            let message = ["message", "Message"]
+                .iter()
+                .find_map(|k| map.get(*k).and_then(|v| v.as_str()))
+                .unwrap_or("")
+                .to_string();
+            return ErrorReply {
+                code,
+                message,
+                json_protocol: true,
+            };
+        }
+    }
+    if let Ok(root) = XmlElement::parse(body) {
+        let err = if root.name == "Error" {
+            Some(&root)
+        } else {
+            root.child("Error")
+                .or_else(|| root.child("Errors").and_then(|e| e.child("Error")))
+        };
+        if let Some(err) = err {
+            let text = |n: &str| {
+                err.child(n)
+                    .map(|c| c.text.trim().to_string())
+                    .unwrap_or_default()
+            };
+            let code = text("Code");
+            if !code.is_empty() {
+                return ErrorReply {
+                    code,
+                    message: text("Message"),
+                    json_protocol: false,
+                };
+            }
+        }
+    }
+    let snippet: String = String::from_utf8_lossy(body).chars().take(200).collect();
+    ErrorReply {
+        code: header_code
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("HTTP{status}")),
+        message: snippet.trim().to_string(),
+        json_protocol: false,
+    }
+}
+
+const AUTH_CODES: &[&str] = &[
+    "InvalidClientTokenId",
+    "SignatureDoesNotMatch",
+    "UnrecognizedClientException",
+    "UnrecognizedClient",
+    "MissingAuthenticationToken",
+    "MissingAuthenticationTokenException",
+    "IncompleteSignature",
+    "IncompleteSignatureException",
+    "InvalidSignatureException",
+    "InvalidSecurity",
+    "ExpiredToken",
+    "ExpiredTokenException",
+    "AuthFailure",
+    "InvalidAccessKeyId",
+];
+const ACCESS_DENIED_CODES: &[&str] = &[
+    "AccessDenied",
+    "AccessDeniedException",
+    "KMS.AccessDeniedException",
+];
+const NO_QUEUE_CODES: &[&str] = &[
+    "AWS.SimpleQueueService.NonExistentQueue",
+    "QueueDoesNotExist",
+    "NonExistentQueue",
+];
+const THROTTLING_CODES: &[&str] = &[
+    "ThrottlingException",
+    "Throttling",
+    "RequestThrottled",
+    "AWS.SimpleQueueService.RequestThrottled",
+    "RequestLimitExceeded",
+    "TooManyRequestsException",
+    "KmsThrottled",
+    "KMS.ThrottlingException",
+    "SlowDown",
+];
+
+pub fn is_throttling_code(code: &str) -> bool {
+    THROTTLING_CODES.contains(&code)
+}
+
+/// The client error for an error reply.
+pub fn classify(status: u16, reply: &ErrorReply) -> SqsError {
+    let code = reply.code.clone();
+    let message = reply.message.clone();
+    let c = code.as_str();
+    if AUTH_CODES.contains(&c) {
+        SqsError::Auth { code, message }
+    } else if ACCESS_DENIED_CODES.contains(&c) {
+        SqsError::AccessDenied { code, message }
+    } else if NO_QUEUE_CODES.contains(&c) {
+        SqsError::NoSuchQueue { code, message }
+    } else {
+        SqsError::Service {
+            status,
+            code,
+            message,
+        }
+    }
+}
+
+// ---------------------------------------------------------------- XML tree
+
+/// A minimal XML element tree: names without namespace prefixes, text
+/// unescaped and kept exactly (message bodies must not be trimmed).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct XmlElement {
+    pub name: String,
+    pub text: String,
+    pub children: Vec<XmlElement>,
+}
+
+impl XmlElement {
+    /// Parses a document into its root element.
+    pub fn parse(xml: &[u8]) -> Result<XmlElement, SqsError> {
+        let bad = |e: &dyn std::fmt::Display| SqsError::Malformed(format!("XML: {e}"));
+        let mut reader = quick_xml::Reader::from_reader(xml);
+        reader.config_mut().trim_text(false);
+        let mut stack: Vec<XmlElement> = Vec::new();
+        let mut buf = Vec::new();
+        loop {
+            let ev = reader.read_event_into(&mut buf).map_err(|e| bad(&e))?;
+            match ev {
+                Event::Start(s) => {
+                    if stack.len() >= 32 {
+                        return Err(SqsError::Malformed("XML nested too deeply".into()));
+                    }
+                    stack.push(XmlElement {
+                        name: local_name(s.name().as_ref()),
+                        ..Default::default()
+                    });
+                }
+                Event::Empty(s) => {
+                    let el = XmlElement {
+                        name: local_name(s.name().as_ref()),
+                        ..Default::default()
+                    };
+                    match stack.last_mut() {
+                        Some(parent) => parent.children.push(el),
+                        None => return Ok(el),
+                    }
+                }
+                Event::End(_) => {
+                    let el = stack.pop().ok_or_else(|| bad(&"unbalanced end tag"))?;
+                    match stack.last_mut() {
+                        Some(parent) => parent.children.push(el),
+                        None => return Ok(el),
+                    }
+                }
+                Event::Text(t) => {
+                    if let Some(cur) = stack.last_mut() {
+                        let raw = std::str::from_utf8(t.as_ref()).map_err(|e| bad(&e))?;
+                        let s = quick_xml::escape::unescape(raw).map_err(|e| bad(&e))?;
+                        cur.text.push_str(&s);
+                    }
+                }
+                Event::GeneralRef(r) => {
+                    if let Some(cur) = stack.last_mut() {
+                        let name = std::str::from_utf8(r.as_ref()).map_err(|e| bad(&e))?;
+                        let entity = format!("&{name};");
+                        let s = quick_xml::escape::unescape(&entity).map_err(|e| bad(&e))?;
+                        cur.text.push_str(&s);
+                    }
+                }
+                Event::CData(c) => {
+                    if let Some(cur) = stack.last_mut() {
+                        cur.text
+                            .push_str(std::str::from_utf8(c.as_ref()).map_err(|e| bad(&e))?);
+                    }
+                }
+                Event::Eof => return Err(bad(&"document ended early")),
+                _ => {}
+            }
+            buf.clear();
+        }
+    }
+
+    pub fn child(&self, name: &str) -> Option<&XmlElement> {
+        self.children.iter().find(|c| c.name == name)
+    }
+
+    pub fn children_named<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> impl Iterator<Item = &'a XmlElement> + 'a {
+        self.children.iter().filter(move |c| c.name == name)
+    }
+}
+
+fn local_name(qname: &[u8]) -> String {
+    let s = String::from_utf8_lossy(qname);
+    s.rsplit(':').next().unwrap_or(&s).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue() -> QueueRef {
+        QueueRef::parse("http://localhost:4566/000000000000/login-queue", None).unwrap()
+    }
+
+    #[test]
+    fn json_receive_request() {
+        let r = receive_request(Protocol::Json, &queue(), 10, 0, Some(30));
+        assert_eq!(r.path, "/");
+        assert_eq!(r.target.as_deref(), Some("AmazonSQS.ReceiveMessage"));
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(
+            v["QueueUrl"],
+            "http://localhost:4566/000000000000/login-queue"
+        );
+        assert_eq!(v["MaxNumberOfMessages"], 10);
+        assert_eq!(v["VisibilityTimeout"], 30);
+        assert_eq!(v["MessageSystemAttributeNames"][0], "SentTimestamp");
+    }
+
+    #[test]
+    fn query_receive_request() {
+        let r = receive_request(Protocol::Query, &queue(), 7, 20, None);
+        assert_eq!(r.path, "/000000000000/login-queue");
+        assert!(r.target.is_none());
+        let pairs: HashMap<String, String> = form_urlencoded::parse(&r.body).into_owned().collect();
+        assert_eq!(pairs["Action"], "ReceiveMessage");
+        assert_eq!(pairs["Version"], "2012-11-05");
+        assert_eq!(pairs["MaxNumberOfMessages"], "7");
+        assert_eq!(pairs["WaitTimeSeconds"], "20");
+        assert_eq!(pairs["AttributeName.1"], "SentTimestamp");
+        assert!(!pairs.contains_key("VisibilityTimeout"));
+    }
+
+    #[test]
+    fn delete_batch_requests() {
+        let entries = vec![
+            ("0".to_string(), "h+0/=&".to_string()),
+            ("1".to_string(), "h1".to_string()),
+        ];
+        let v: serde_json::Value =
+            serde_json::from_slice(&delete_batch_request(Protocol::Json, &queue(), &entries).body)
+                .unwrap();
+        assert_eq!(v["Entries"][0]["ReceiptHandle"], "h+0/=&");
+        let q = delete_batch_request(Protocol::Query, &queue(), &entries);
+        let pairs: HashMap<String, String> = form_urlencoded::parse(&q.body).into_owned().collect();
+        assert_eq!(pairs["Action"], "DeleteMessageBatch");
+        assert_eq!(
+            pairs["DeleteMessageBatchRequestEntry.1.ReceiptHandle"],
+            "h+0/=&"
+        );
+        assert_eq!(pairs["DeleteMessageBatchRequestEntry.2.Id"], "1");
+    }
+
+    #[test]
+    fn json_receive_reply() {
+        let body = br#"{"Messages":[{"MessageId":"m1","ReceiptHandle":"r1","MD5OfBody":"x",
+            "Body":"{\"user_id\": \"u\"}","Attributes":{"SentTimestamp":"1670000000123","ApproximateReceiveCount":"2"}}]}"#;
+        let m = parse_receive(Protocol::Json, body).unwrap();
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].body, r#"{"user_id": "u"}"#);
+        assert_eq!(m[0].sent_timestamp_ms, Some(1_670_000_000_123));
+        assert_eq!(m[0].receive_count, Some(2));
+        assert!(
+            parse_receive(Protocol::Json, b"{}").unwrap().is_empty(),
+            "moto's empty reply"
+        );
+        assert!(matches!(
+            parse_receive(Protocol::Json, b"<xml/>"),
+            Err(SqsError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn query_receive_reply_keeps_bodies_exact() {
+        let body = br#"<?xml version="1.0"?>
+<ReceiveMessageResponse xmlns="http://queue.amazonaws.com/doc/2012-11-05/">
+  <ReceiveMessageResult>
+    <Message>
+      <MessageId>5fea7756-0ea4-451a-a703-a558b933e274</MessageId>
+      <ReceiptHandle>MbZj6wDWli+JvwwJaBV+3dcjk2YW2vA3+STFFljT</ReceiptHandle>
+      <MD5OfBody>fafb00f5732ab283681e124bf8747ed1</MD5OfBody>
+      <Body>  {&quot;ip&quot;: &quot;1.2.3.4&quot;, &quot;a&quot;: &quot;&lt;&amp;&gt;&#xD;&quot;}
+</Body>
+      <Attribute><Name>SentTimestamp</Name><Value>1238099229000</Value></Attribute>
+      <Attribute><Name>ApproximateReceiveCount</Name><Value>5</Value></Attribute>
+    </Message>
+    <Message><MessageId>b</MessageId><ReceiptHandle>rb</ReceiptHandle><Body><![CDATA[<raw> & text]]></Body></Message>
+    <Message><MessageId>c</MessageId><ReceiptHandle>rc</ReceiptHandle><Body/></Message>
+  </ReceiveMessageResult>
+  <ResponseMetadata><RequestId>b6633655-283d-45b4-aee4-4e84e0ae6afa</RequestId></ResponseMetadata>
+</ReceiveMessageResponse>"#;
+        let m = parse_receive(Protocol::Query, body).unwrap();
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[0].message_id, "5fea7756-0ea4-451a-a703-a558b933e274");
+        assert_eq!(m[0].body, "  {\"ip\": \"1.2.3.4\", \"a\": \"<&>\r\"}\n");
+        assert_eq!(m[0].sent_timestamp_ms, Some(1_238_099_229_000));
+        assert_eq!(m[0].receive_count, Some(5));
+        assert_eq!(m[1].body, "<raw> & text");
+        assert_eq!(m[1].sent_timestamp_ms, None);
+        assert_eq!(m[2].body, "");
+        let empty = br#"<ReceiveMessageResponse><ReceiveMessageResult/><ResponseMetadata/></ReceiveMessageResponse>"#;
+        assert!(parse_receive(Protocol::Query, empty).unwrap().is_empty());
+    }
+
+    #[test]
+    fn delete_batch_replies() {
+        let j = br#"{"Successful":[{"Id":"0"}],"Failed":[{"Id":"1","SenderFault":true,"Code":"ReceiptHandleIsInvalid","Message":"x"}]}"#;
+        let o = parse_delete_batch(Protocol::Json, j).unwrap();
+        assert_eq!(o.deleted, 1);
+        assert_eq!(
+            o.failed,
+            vec![("1".to_string(), "ReceiptHandleIsInvalid".to_string())]
+        );
+        let x = br#"<DeleteMessageBatchResponse><DeleteMessageBatchResult>
+            <DeleteMessageBatchResultEntry><Id>0</Id></DeleteMessageBatchResultEntry>
+            <DeleteMessageBatchResultEntry><Id>2</Id></DeleteMessageBatchResultEntry>
+            <BatchResultErrorEntry><Id>1</Id><Code>ReceiptHandleIsInvalid</Code><Message>m</Message><SenderFault>true</SenderFault></BatchResultErrorEntry>
+            </DeleteMessageBatchResult></DeleteMessageBatchResponse>"#;
+        let o = parse_delete_batch(Protocol::Query, x).unwrap();
+        assert_eq!(o.deleted, 2);
+        assert_eq!(o.failed.len(), 1);
+    }
+
+    #[test]
+    fn attribute_replies() {
+        let j = br#"{"Attributes":{"ApproximateNumberOfMessages":"42"}}"#;
+        assert_eq!(
+            parse_attributes(Protocol::Json, j).unwrap()["ApproximateNumberOfMessages"],
+            "42"
+        );
+        let x = br#"<GetQueueAttributesResponse><GetQueueAttributesResult><Attribute><Name>ApproximateNumberOfMessages</Name><Value>7</Value></Attribute></GetQueueAttributesResult></GetQueueAttributesResponse>"#;
+        assert_eq!(
+            parse_attributes(Protocol::Query, x).unwrap()["ApproximateNumberOfMessages"],
+            "7"
+        );
+    }
+
+    #[test]
+    fn error_replies() {
+        let j = parse_error(
+            400,
+            Some("AWS.SimpleQueueService.NonExistentQueue;Sender"),
+            br#"{"__type":"com.amazonaws.sqs#QueueDoesNotExist","message":"The specified queue does not exist."}"#,
+        );
+        assert!(j.json_protocol);
+        assert_eq!(j.code, "AWS.SimpleQueueService.NonExistentQueue");
+        assert!(matches!(classify(400, &j), SqsError::NoSuchQueue { .. }));
+
+        let j2 = parse_error(
+            400,
+            None,
+            br#"{"__type":"com.amazonaws.sqs#InvalidAddress","message":"bad"}"#,
+        );
+        assert_eq!(j2.code, "InvalidAddress");
+
+        // moto answers auth failures in XML even to JSON requests
+        let x = parse_error(
+            403,
+            None,
+            br#"<?xml version="1.0"?><ErrorResponse><Error><Type>Sender</Type><Code>SignatureDoesNotMatch</Code><Message>The request signature we calculated does not match</Message></Error><RequestId>r</RequestId></ErrorResponse>"#,
+        );
+        assert!(!x.json_protocol);
+        assert!(matches!(classify(403, &x), SqsError::Auth { .. }));
+        let x2 = parse_error(403, None, br#"<Response><Errors><Error><Code>InvalidClientTokenId</Code><Message>m</Message></Error></Errors></Response>"#);
+        assert_eq!(x2.code, "InvalidClientTokenId");
+        assert!(matches!(classify(403, &x2), SqsError::Auth { .. }));
+
+        let other = parse_error(502, None, b"<html>Bad gateway</html>");
+        assert_eq!(other.code, "HTTP502");
+        assert!(!other.json_protocol);
+        assert!(classify(502, &other).is_retryable());
+        let throttled = parse_error(
+            400,
+            None,
+            br#"{"__type":"com.amazonaws.sqs#ThrottlingException","message":"Rate exceeded"}"#,
+        );
+        assert!(classify(400, &throttled).is_retryable());
+    }
+
+    #[test]
+    fn xml_limits() {
+        let deep = "<a>".repeat(100) + &"</a>".repeat(100);
+        assert!(matches!(
+            XmlElement::parse(deep.as_bytes()),
+            Err(SqsError::Malformed(_))
+        ));
+        assert!(XmlElement::parse(b"<a><b></a>").is_err());
+        assert!(XmlElement::parse(b"").is_err());
+    }
+}
