@@ -34,3 +34,64 @@ COMMENT ON TABLE fetch_etl.pii_vault IS
     'fetch_etl: mask -> raw value, for fetch_etl.unmask(). Contains PII; readable by the owner only.';
 REVOKE ALL ON TABLE fetch_etl.pii_vault FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('fetch_etl.pii_vault', '');
+
+-- One row per sqs_drain call, written in the drain's own transaction.
+CREATE SEQUENCE fetch_etl.drain_runs_run_id_seq;
+CREATE TABLE fetch_etl.drain_runs (
+    run_id         bigint      PRIMARY KEY DEFAULT pg_catalog.nextval('fetch_etl.drain_runs_run_id_seq'),
+    queue_url      text        NOT NULL,
+    target_table   text        NOT NULL,
+    max_messages   integer     NOT NULL,
+    wait_seconds   integer     NOT NULL,
+    started_at     timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    finished_at    timestamptz,
+    status         text        NOT NULL DEFAULT 'running' CHECK (status IN ('running', 'ok', 'partial')),
+    received       bigint      NOT NULL DEFAULT 0,
+    loaded         bigint      NOT NULL DEFAULT 0,
+    rejected       bigint      NOT NULL DEFAULT 0,
+    duplicates     bigint      NOT NULL DEFAULT 0,
+    receive_calls  integer     NOT NULL DEFAULT 0,
+    protocol       text,
+    error          text,
+    run_by         name        NOT NULL DEFAULT SESSION_USER,
+    CHECK (received = loaded + rejected + duplicates)
+);
+ALTER SEQUENCE fetch_etl.drain_runs_run_id_seq OWNED BY fetch_etl.drain_runs.run_id;
+CREATE INDEX drain_runs_queue_started ON fetch_etl.drain_runs (queue_url, started_at);
+COMMENT ON TABLE fetch_etl.drain_runs IS 'fetch_etl: one row per sqs_drain call (counts, timing, outcome).';
+REVOKE ALL ON TABLE fetch_etl.drain_runs FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('fetch_etl.drain_runs', '');
+SELECT pg_catalog.pg_extension_config_dump('fetch_etl.drain_runs_run_id_seq', '');
+
+-- Messages that could not be loaded, with the body exactly as received (it may contain PII).
+CREATE SEQUENCE fetch_etl.dead_letters_id_seq;
+CREATE TABLE fetch_etl.dead_letters (
+    dead_letter_id bigint      PRIMARY KEY DEFAULT pg_catalog.nextval('fetch_etl.dead_letters_id_seq'),
+    run_id         bigint      NOT NULL,
+    queue_url      text        NOT NULL,
+    message_id     text        NOT NULL,
+    body           text        NOT NULL,
+    reason_code    text        NOT NULL,
+    reason         text        NOT NULL,
+    sent_at        timestamptz,
+    receive_count  integer,
+    dead_at        timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+ALTER SEQUENCE fetch_etl.dead_letters_id_seq OWNED BY fetch_etl.dead_letters.dead_letter_id;
+CREATE INDEX dead_letters_run ON fetch_etl.dead_letters (run_id);
+COMMENT ON TABLE fetch_etl.dead_letters IS 'fetch_etl: messages sqs_drain could not load, with the reason. Contains raw PII; owner only.';
+REVOKE ALL ON TABLE fetch_etl.dead_letters FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('fetch_etl.dead_letters', '');
+SELECT pg_catalog.pg_extension_config_dump('fetch_etl.dead_letters_id_seq', '');
+
+-- The ledger of processed SQS message ids: what makes redelivery, lost
+-- deletes, re-runs and concurrent drains load each message once.
+CREATE TABLE fetch_etl.processed_messages (
+    message_id     text        PRIMARY KEY,
+    run_id         bigint      NOT NULL,
+    processed_at   timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+CREATE INDEX processed_messages_at ON fetch_etl.processed_messages USING brin (processed_at);
+COMMENT ON TABLE fetch_etl.processed_messages IS 'fetch_etl: SQS message ids already loaded or dead-lettered; prune with fetch_etl.prune_processed().';
+REVOKE ALL ON TABLE fetch_etl.processed_messages FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('fetch_etl.processed_messages', '');

@@ -38,6 +38,30 @@ COMMENT ON FUNCTION fetch_etl.rotate_mask_key() IS
 COMMENT ON FUNCTION fetch_etl.set_mask_key(bytea) IS
     'Superuser: make the given 32-byte key the active masking key. Returns its generation.';
 
+-- Drop ledger entries older than the queue could redeliver (SQS keeps
+-- messages at most 14 days).
+CREATE FUNCTION fetch_etl.prune_processed(older_than interval DEFAULT interval '14 days') RETURNS bigint
+    LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SECURITY DEFINER
+    SET search_path = ''
+AS $$
+DECLARE
+    removed bigint;
+BEGIN
+    IF older_than < interval '1 hour' THEN
+        RAISE EXCEPTION 'older_than must be at least 1 hour (got %)', older_than
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Keep ledger entries at least as long as the queue''s MessageRetentionPeriod.';
+    END IF;
+    DELETE FROM fetch_etl.processed_messages WHERE processed_at < pg_catalog.now() - older_than;
+    GET DIAGNOSTICS removed = ROW_COUNT;
+    RETURN removed;
+END
+$$;
+COMMENT ON FUNCTION fetch_etl.prune_processed(interval) IS
+    'Delete ledger entries older than older_than (default 14 days, the longest SQS retention). Returns the number removed.';
+COMMENT ON FUNCTION fetch_etl.sqs_drain(text, integer, integer, text, integer) IS
+    'Drain login events from an SQS queue into target_table: masked rows, dead letters, deletes after COMMIT.';
+
 -- Secure by default: nothing here is callable by PUBLIC. mask_pii answers
 -- "what is the mask of X?", which lets a caller test guesses, so it is
 -- granted on purpose (README: Privileges).
@@ -47,6 +71,9 @@ REVOKE ALL ON FUNCTION fetch_etl.mask_and_vault(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION fetch_etl.rotate_mask_key() FROM PUBLIC;
 REVOKE ALL ON FUNCTION fetch_etl.set_mask_key(bytea) FROM PUBLIC;
 REVOKE ALL ON FUNCTION fetch_etl.mask_keys_changed() FROM PUBLIC;
+-- sqs_drain makes the server send HTTP requests with its AWS credentials.
+REVOKE ALL ON FUNCTION fetch_etl.sqs_drain(text, integer, integer, text, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION fetch_etl.prune_processed(interval) FROM PUBLIC;
 
 -- The first key: 256 random bits from the operating system, never in SQL text.
 SELECT fetch_etl.rotate_mask_key();

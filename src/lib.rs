@@ -2,16 +2,24 @@
 //!
 //! This file is the SQL-facing surface and stays thin: argument handling and
 //! the `#[pg_extern]` declarations. The logic lives in modules that do not
-//! import pgrx (`mask`, `errors`), each with plain unit tests; the glue that
-//! must talk to PostgreSQL is in `keystore` and `pgerr`.
+//! import pgrx (`mask`, `event`, `sqs`, `errors`), each with plain unit tests;
+//! the glue that must talk to PostgreSQL is in `keystore`, `drain`, `target`,
+//! `deletes`, `runtime`, `guc` and `pgerr`.
 
 use pgrx::prelude::*;
 
 pub mod errors;
+pub mod event;
 pub mod mask;
+pub mod sqs;
 
+mod deletes;
+mod drain;
+mod guc;
 mod keystore;
 mod pgerr;
+mod runtime;
+mod target;
 
 ::pgrx::pg_module_magic!();
 
@@ -20,6 +28,7 @@ pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    guc::init();
     keystore::init();
 }
 
@@ -54,6 +63,44 @@ fn rotate_mask_key() -> i32 {
 #[search_path(pg_catalog, pg_temp)]
 fn set_mask_key(key: &[u8]) -> i32 {
     keystore::install_key(key)
+}
+
+/// Drains up to `max_messages` login events from an SQS queue into
+/// `target_table`; see README "sqs_drain". Not STRICT: NULL arguments get a
+/// clear error instead of a silent NULL result.
+#[pg_extern(volatile, parallel_unsafe)]
+fn sqs_drain(
+    queue_url: Option<&str>,
+    max_messages: default!(Option<i32>, 1000),
+    wait_seconds: default!(Option<i32>, 0),
+    target_table: default!(Option<&str>, "'user_logins'"),
+    visibility_timeout: default!(Option<i32>, "NULL"),
+) -> TableIterator<
+    'static,
+    (
+        name!(run_id, i64),
+        name!(received, i64),
+        name!(loaded, i64),
+        name!(rejected, i64),
+        name!(duplicates, i64),
+    ),
+> {
+    fn required<T>(v: Option<T>, name: &str) -> T {
+        v.unwrap_or_else(|| {
+            pgerr::raise(
+                errors::ErrorKind::InvalidParameter,
+                format!("{name} must not be NULL"),
+            )
+        })
+    }
+    let s = drain::drain(drain::Args {
+        queue_url: required(queue_url, "queue_url"),
+        max_messages: required(max_messages, "max_messages"),
+        wait_seconds: required(wait_seconds, "wait_seconds"),
+        target_table: required(target_table, "target_table"),
+        visibility_timeout,
+    });
+    TableIterator::once((s.run_id, s.received, s.loaded, s.rejected, s.duplicates))
 }
 
 /// Statement trigger on fetch_etl.mask_keys: invalidates cached keys.
