@@ -1,20 +1,29 @@
-"""Fixtures for the end-to-end tests: the test cluster started by scripts/test.
+"""Fixtures for the end-to-end tests: the test cluster started by scripts/test,
+and a real SQS emulator (moto, with signature checking on) started here.
 
 Environment (set by scripts/test):
   FETCH_ETL_PGHOST  socket directory of the test cluster (also its directory)
   FETCH_ETL_PGPORT  its port
+  FETCH_ETL_STATE   scripts' state directory
 """
+import json
 import os
 import subprocess
 import uuid
 from pathlib import Path
 
+import boto3
 import psycopg
 import pytest
 
+from faultproxy import FaultProxy
+
 REPO = Path(__file__).resolve().parents[2]
-PGHOST = os.environ.get("FETCH_ETL_PGHOST", "/var/tmp/fetch_etl/pg-test")
+STATE = Path(os.environ.get("FETCH_ETL_STATE", "/var/tmp/fetch_etl"))
+PGHOST = os.environ.get("FETCH_ETL_PGHOST", str(STATE / "pg-test"))
 PGPORT = os.environ.get("FETCH_ETL_PGPORT", "5491")
+SQS_PORT = int(os.environ.get("FETCH_ETL_TEST_SQS_PORT", "4599"))
+SAMPLE = REPO / "data" / "login-queue-sample.json"
 
 
 def connect(dbname: str, **kw) -> psycopg.Connection:
@@ -37,3 +46,66 @@ def db():
     yield name
     with connect("postgres") as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def aws_key():
+    """moto with SigV4 verification on; returns (access key id, secret) of an IAM user allowed sqs:*."""
+    emu = str(REPO / "scripts" / "sqs-emulator")
+    d = str(STATE / "e2e-sqs")
+    subprocess.run([emu, "stop", d], check=True)
+    subprocess.run([emu, "start", d, str(SQS_PORT), "--auth"], check=True)
+    out = subprocess.run(
+        [emu, "create-key", "--endpoint", f"http://127.0.0.1:{SQS_PORT}"], check=True, capture_output=True, text=True
+    ).stdout.split()
+    yield out[0], out[1]
+    subprocess.run([emu, "stop", d], check=True)
+
+
+@pytest.fixture(scope="session")
+def sqs(aws_key):
+    return boto3.client(
+        "sqs",
+        endpoint_url=f"http://127.0.0.1:{SQS_PORT}",
+        region_name="us-east-1",
+        aws_access_key_id=aws_key[0],
+        aws_secret_access_key=aws_key[1],
+    )
+
+
+def make_queue(sqs, bodies=None, port=SQS_PORT):
+    """A fresh queue holding `bodies` (default: the real sample, one message per record).
+    Returns its URL as fetch_etl should be given it (localhost:port)."""
+    name = "q-" + uuid.uuid4().hex[:12]
+    url = sqs.create_queue(QueueName=name)["QueueUrl"]
+    if bodies is None:
+        bodies = [json.dumps(r) for r in json.loads(SAMPLE.read_text())]
+    for i in range(0, len(bodies), 10):
+        sqs.send_message_batch(
+            QueueUrl=url, Entries=[{"Id": str(j), "MessageBody": b} for j, b in enumerate(bodies[i : i + 10])]
+        )
+    return url, f"http://localhost:{port}/000000000000/{name}"
+
+
+def queue_depth(sqs, url):
+    a = sqs.get_queue_attributes(
+        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    )["Attributes"]
+    return int(a["ApproximateNumberOfMessages"]), int(a["ApproximateNumberOfMessagesNotVisible"])
+
+
+@pytest.fixture
+def pg(db, aws_key):
+    """A connection to the fresh database with the test credentials set (superuser session)."""
+    c = connect(db)
+    c.execute("SELECT set_config('fetch_etl.aws_access_key_id', %s, false)", (aws_key[0],))
+    c.execute("SELECT set_config('fetch_etl.aws_secret_access_key', %s, false)", (aws_key[1],))
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def proxy():
+    p = FaultProxy(SQS_PORT)
+    yield p
+    p.close()

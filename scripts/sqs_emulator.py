@@ -1,0 +1,121 @@
+"""A local SQS emulator for fetch_etl's demo and tests: moto in server mode.
+
+    serve --port P [--host H] [--auth]      run moto (foreground)
+    seed --endpoint URL --queue NAME --file JSON [--key K --secret S]
+                                            create the queue, send one message per record
+    create-key --endpoint URL               (with --auth) create an IAM user allowed sqs:*,
+                                            print "ACCESS_KEY_ID SECRET_ACCESS_KEY"
+
+Differences from plain `moto_server`, both for fidelity to real SQS:
+- ReceiveMessage is serialised. moto's threaded server checks a message's
+  visibility and marks it received without a lock, so two concurrent receives
+  can both get the same message; real SQS does not do that. The lock is
+  released while a long poll waits, so waiting receives block nobody.
+- --auth makes moto verify SigV4 signatures and access keys
+  (INITIAL_NO_AUTH_ACTION_COUNT=3: the three IAM calls of create-key are the
+  only unauthenticated requests it accepts).
+"""
+import argparse
+import json
+import os
+import sys
+import threading
+
+ACCOUNT_ID = "000000000000"
+
+
+def serve(args: argparse.Namespace) -> None:
+    os.environ.setdefault("MOTO_ACCOUNT_ID", ACCOUNT_ID)
+    os.environ["MOTO_PORT"] = str(args.port)
+    if args.auth:
+        os.environ["INITIAL_NO_AUTH_ACTION_COUNT"] = "3"
+    from moto.moto_server.threaded_moto_server import MotoRequestHandler  # noqa: E402
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+    from moto.sqs import models
+    from werkzeug.serving import run_simple
+
+    lock = threading.Lock()
+    receive = models.SQSBackend.receive_message
+    wait = models.Queue.wait_for_messages
+
+    def locked_receive(self, *a, **kw):
+        with lock:
+            return receive(self, *a, **kw)
+
+    def unlocked_wait(self, *a, **kw):
+        lock.release()
+        try:
+            return wait(self, *a, **kw)
+        finally:
+            lock.acquire()
+
+    models.SQSBackend.receive_message = locked_receive
+    models.Queue.wait_for_messages = unlocked_wait
+
+    app = DomainDispatcherApplication(create_backend_app)
+    run_simple(args.host, args.port, app, threaded=True, request_handler=MotoRequestHandler)
+
+
+def client(service: str, endpoint: str, key: str, secret: str):
+    import boto3
+
+    return boto3.client(
+        service,
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=key,
+        aws_secret_access_key=secret,
+    )
+
+
+def seed(args: argparse.Namespace) -> None:
+    sqs = client("sqs", args.endpoint, args.key, args.secret)
+    url = sqs.create_queue(QueueName=args.queue)["QueueUrl"]
+    with open(args.file, encoding="utf-8") as f:
+        records = json.load(f)
+    # One message per record, body as the exercise's producer wrote it (json.dumps).
+    for i in range(0, len(records), 10):
+        entries = [{"Id": str(j), "MessageBody": json.dumps(r)} for j, r in enumerate(records[i : i + 10])]
+        sqs.send_message_batch(QueueUrl=url, Entries=entries)
+    print(url)
+
+
+def create_key(args: argparse.Namespace) -> None:
+    iam = client("iam", args.endpoint, "bootstrap", "bootstrap")
+    iam.create_user(UserName="fetch-etl")
+    iam.put_user_policy(
+        UserName="fetch-etl",
+        PolicyName="sqs",
+        PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sqs:*", "Resource": "*"}]}
+        ),
+    )
+    key = iam.create_access_key(UserName="fetch-etl")["AccessKey"]
+    print(key["AccessKeyId"], key["SecretAccessKey"])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("serve")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, required=True)
+    s.add_argument("--auth", action="store_true")
+    s.set_defaults(func=serve)
+    d = sub.add_parser("seed")
+    d.add_argument("--endpoint", required=True)
+    d.add_argument("--queue", required=True)
+    d.add_argument("--file", required=True)
+    d.add_argument("--key", default="test")
+    d.add_argument("--secret", default="test")
+    d.set_defaults(func=seed)
+    k = sub.add_parser("create-key")
+    k.add_argument("--endpoint", required=True)
+    k.set_defaults(func=create_key)
+    args = ap.parse_args()
+    args.func(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
