@@ -5,6 +5,7 @@
                                             create the queue, send one message per record
     create-key --endpoint URL               (with --auth) create an IAM user allowed sqs:*,
                                             print "ACCESS_KEY_ID SECRET_ACCESS_KEY"
+    depth --endpoint URL --queue NAME       print visible and in-flight message counts
 
 Differences from plain `moto_server`, both for fidelity to real SQS:
 - ReceiveMessage is serialised. moto's threaded server checks a message's
@@ -94,6 +95,15 @@ def create_key(args: argparse.Namespace) -> None:
     print(key["AccessKeyId"], key["SecretAccessKey"])
 
 
+def depth(args: argparse.Namespace) -> None:
+    sqs = client("sqs", args.endpoint, args.key, args.secret)
+    url = sqs.get_queue_url(QueueName=args.queue)["QueueUrl"]
+    a = sqs.get_queue_attributes(
+        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    )["Attributes"]
+    print(f"{a['ApproximateNumberOfMessages']} visible, {a['ApproximateNumberOfMessagesNotVisible']} in flight")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -112,6 +122,12 @@ def main() -> int:
     k = sub.add_parser("create-key")
     k.add_argument("--endpoint", required=True)
     k.set_defaults(func=create_key)
+    q = sub.add_parser("depth")
+    q.add_argument("--endpoint", required=True)
+    q.add_argument("--queue", required=True)
+    q.add_argument("--key", default="test")
+    q.add_argument("--secret", default="test")
+    q.set_defaults(func=depth)
     args = ap.parse_args()
     args.func(args)
     return 0
