@@ -94,12 +94,24 @@ def queue_depth(sqs, url):
     return int(a["ApproximateNumberOfMessages"]), int(a["ApproximateNumberOfMessagesNotVisible"])
 
 
+# The exercise's target table, for tests that need it to exist beforehand.
+USER_LOGINS_DDL = (
+    "CREATE TABLE IF NOT EXISTS user_logins (user_id varchar(128), device_type varchar(32), masked_ip varchar(256),"
+    " masked_device_id varchar(256), locale varchar(32), app_version integer, create_date date)"
+)
+
+
+def set_credentials(conn, aws_key):
+    """Session credentials through the superuser-only settings."""
+    conn.execute("SELECT set_config('fetch_etl.aws_access_key_id', %s, false)", (aws_key[0],))
+    conn.execute("SELECT set_config('fetch_etl.aws_secret_access_key', %s, false)", (aws_key[1],))
+
+
 @pytest.fixture
 def pg(db, aws_key):
     """A connection to the fresh database with the test credentials set (superuser session)."""
     c = connect(db)
-    c.execute("SELECT set_config('fetch_etl.aws_access_key_id', %s, false)", (aws_key[0],))
-    c.execute("SELECT set_config('fetch_etl.aws_secret_access_key', %s, false)", (aws_key[1],))
+    set_credentials(c, aws_key)
     yield c
     c.close()
 

@@ -10,7 +10,7 @@ import time
 import psycopg
 import pytest
 
-from conftest import SAMPLE, connect, make_queue, queue_depth
+from conftest import SAMPLE, USER_LOGINS_DDL, connect, make_queue, queue_depth, set_credentials
 
 SAMPLE_RECORDS = json.loads(SAMPLE.read_text())
 VALID = [r for r in SAMPLE_RECORDS if "user_id" in r]
@@ -25,6 +25,19 @@ def drain(conn, url, **kw):
 def counts(row):
     """(received, loaded, rejected, duplicates) of a sqs_drain result row."""
     return tuple(row[1:])
+
+
+# Visibility timeout for tests that wait for messages to come back: long
+# enough that a drain of the sample (about 1 s) never outlives it, even on a
+# busy machine.
+VIS = 4
+
+
+def loaded_sample(row):
+    """The sample was loaded: 99 rows, 1 reject; any redelivery during the run
+    (a slow machine) shows up as duplicates, never as a second load."""
+    received, loaded, rejected, duplicates = counts(row)
+    return loaded == 99 and rejected == 1 and received == 100 + duplicates
 
 
 def encode_version(v):
@@ -97,23 +110,22 @@ def test_rerun_loads_nothing_new(pg, sqs):
 def test_rolled_back_drain_deletes_nothing_and_messages_come_back(pg, sqs):
     raw_url, url = make_queue(sqs)
     pg.autocommit = False
-    assert counts(drain(pg, url, visibility_timeout=2)) == (100, 99, 1, 0)
+    assert loaded_sample(drain(pg, url, visibility_timeout=VIS))
     pg.rollback()
     pg.autocommit = True
     assert queue_depth(sqs, raw_url) == (0, 100)  # received, not deleted
     assert pg.execute("SELECT to_regclass('user_logins')").fetchone()[0] is None
-    time.sleep(2.5)
+    time.sleep(VIS + 0.5)
     assert counts(drain(pg, url)) == (100, 99, 1, 0)
     assert queue_depth(sqs, raw_url) == (0, 0)
 
 
 def test_rollback_to_savepoint_deletes_nothing(pg, sqs):
     raw_url, url = make_queue(sqs)
-    pg.execute("CREATE TABLE user_logins (user_id varchar(128), device_type varchar(32), masked_ip varchar(256),"
-               " masked_device_id varchar(256), locale varchar(32), app_version integer, create_date date)")
+    pg.execute(USER_LOGINS_DDL)
     pg.autocommit = False
     pg.execute("SAVEPOINT s")
-    drain(pg, url, visibility_timeout=2)
+    drain(pg, url, visibility_timeout=VIS)
     pg.execute("ROLLBACK TO SAVEPOINT s")
     pg.commit()
     pg.autocommit = True
@@ -130,10 +142,10 @@ def test_lost_delete_is_a_duplicate_next_time(pg, sqs, proxy):
     proxy.fail_deletes = True
     notices = []
     pg.add_notice_handler(lambda n: notices.append(n.message_primary))
-    assert counts(drain(pg, url, visibility_timeout=1)) == (100, 99, 1, 0)
+    assert loaded_sample(drain(pg, url, visibility_timeout=VIS))
     assert any("could not be deleted" in n for n in notices), notices
     proxy.fail_deletes = False
-    time.sleep(1.5)
+    time.sleep(VIS + 0.5)
     assert counts(drain(pg, url)) == (100, 0, 0, 100)
     assert pg.execute("SELECT count(*) FROM user_logins").fetchone()[0] == 99
     assert queue_depth(sqs, raw_url) == (0, 0)
@@ -145,14 +157,11 @@ def test_two_drains_at_once_load_each_message_once(db, aws_key, sqs):
     raw_url, url = make_queue(sqs)
     a, b = connect(db), connect(db)
     for c in (a, b):
-        c.execute("SELECT set_config('fetch_etl.aws_access_key_id', %s, false)", (aws_key[0],))
-        c.execute("SELECT set_config('fetch_etl.aws_secret_access_key', %s, false)", (aws_key[1],))
-        c.execute("CREATE TABLE IF NOT EXISTS user_logins (user_id varchar(128), device_type varchar(32),"
-                  " masked_ip varchar(256), masked_device_id varchar(256), locale varchar(32),"
-                  " app_version integer, create_date date)")
+        set_credentials(c, aws_key)
+        c.execute(USER_LOGINS_DDL)
     a.autocommit = False
-    assert counts(drain(a, url, visibility_timeout=1)) == (100, 99, 1, 0)
-    time.sleep(1.5)  # A's messages are visible again, A has not committed
+    assert loaded_sample(drain(a, url, visibility_timeout=VIS))
+    time.sleep(VIS + 0.5)  # A's messages are visible again, A has not committed
     result = {}
     t = threading.Thread(target=lambda: result.setdefault("b", drain(b, url)))
     t.start()
@@ -272,20 +281,34 @@ def test_bad_arguments(pg):
         assert e.value.sqlstate == sqlstate, kw
 
 
-def test_cancel_while_long_polling_takes_effect_within_a_second(pg, db, sqs):
+def interrupt_long_poll(pg, db, sqs, signal_fn, expected):
+    """Start a 20 s long poll on an empty queue, have another session call
+    signal_fn(pid) after 1 s, and return how long the drain took to fail."""
     _, url = make_queue(sqs, [])
     pid = pg.execute("SELECT pg_backend_pid()").fetchone()[0]
     with connect(db) as other:
-        timer = threading.Timer(1.0, lambda: other.execute("SELECT pg_cancel_backend(%s)", (pid,)))
+        timer = threading.Timer(1.0, lambda: other.execute(f"SELECT {signal_fn}(%s)", (pid,)))
         timer.start()
         start = time.monotonic()
-        with pytest.raises(psycopg.errors.QueryCanceled):
+        with pytest.raises(expected):
             drain(pg, url, wait_seconds=20)
         elapsed = time.monotonic() - start
         timer.join()
+        alive = other.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()[0]
+    return elapsed, alive
+
+
+def test_cancel_while_long_polling_takes_effect_within_a_second(pg, db, sqs):
+    elapsed, alive = interrupt_long_poll(pg, db, sqs, "pg_cancel_backend", psycopg.errors.QueryCanceled)
     assert elapsed < 2.0, elapsed
-    # the backend is fine afterwards
-    assert pg.execute("SELECT 1").fetchone() == (1,)
+    assert alive == 1
+    assert pg.execute("SELECT 1").fetchone() == (1,), "the backend is fine afterwards"
+
+
+def test_terminate_while_waiting(pg, db, sqs):
+    elapsed, alive = interrupt_long_poll(pg, db, sqs, "pg_terminate_backend", psycopg.OperationalError)
+    assert elapsed < 2.0, elapsed
+    assert alive == 0, "the backend is gone, the server is up"
 
 
 def test_statement_timeout_applies_while_waiting_on_http(pg, sqs):
@@ -295,21 +318,6 @@ def test_statement_timeout_applies_while_waiting_on_http(pg, sqs):
     with pytest.raises(psycopg.errors.QueryCanceled):
         drain(pg, url, wait_seconds=20)
     assert time.monotonic() - start < 1.7
-
-
-def test_terminate_while_waiting(pg, db, sqs):
-    _, url = make_queue(sqs, [])
-    pid = pg.execute("SELECT pg_backend_pid()").fetchone()[0]
-    with connect(db) as other:
-        timer = threading.Timer(1.0, lambda: other.execute("SELECT pg_terminate_backend(%s)", (pid,)))
-        timer.start()
-        start = time.monotonic()
-        with pytest.raises(psycopg.OperationalError):
-            drain(pg, url, wait_seconds=20)
-        assert time.monotonic() - start < 2.0
-        timer.join()
-        # the server is up and the backend is gone
-        assert other.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone() == (0,)
 
 
 def test_long_poll_picks_up_a_message_sent_while_waiting(pg, sqs):
@@ -420,8 +428,7 @@ def test_privileges_of_an_operator_role(db, aws_key, sqs):
     with connect(db) as admin:
         admin.execute("DROP ROLE IF EXISTS fe_loader")
         admin.execute("CREATE ROLE fe_loader LOGIN")
-        admin.execute("CREATE TABLE user_logins (user_id varchar(128), device_type varchar(32), masked_ip varchar(256),"
-                      " masked_device_id varchar(256), locale varchar(32), app_version integer, create_date date)")
+        admin.execute(USER_LOGINS_DDL)
         admin.execute("GRANT SELECT ON user_logins TO fe_loader")
     try:
         with connect(db) as c:
@@ -432,8 +439,7 @@ def test_privileges_of_an_operator_role(db, aws_key, sqs):
                 c.execute("SET fetch_etl.aws_secret_access_key = 'x'")
             c.execute("RESET ROLE")
             c.execute("GRANT EXECUTE ON FUNCTION fetch_etl.sqs_drain(text, integer, integer, text, integer) TO fe_loader")
-            c.execute("SELECT set_config('fetch_etl.aws_access_key_id', %s, false)", (aws_key[0],))
-            c.execute("SELECT set_config('fetch_etl.aws_secret_access_key', %s, false)", (aws_key[1],))
+            set_credentials(c, aws_key)
             c.execute("SET ROLE fe_loader")
             with pytest.raises(psycopg.errors.InsufficientPrivilege) as e:
                 drain(c, url)  # EXECUTE alone: no INSERT on the table
