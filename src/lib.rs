@@ -3,8 +3,8 @@
 //! This file is the SQL-facing surface and stays thin: argument handling and
 //! the `#[pg_extern]` declarations. The logic lives in modules that do not
 //! import pgrx (`mask`, `event`, `sqs`, `errors`), each with plain unit tests;
-//! the glue that must talk to PostgreSQL is in `keystore`, `drain`, `target`,
-//! `deletes`, `runtime`, `guc` and `pgerr`.
+//! the glue that must talk to PostgreSQL is in `keystore`, `drain`, `store`,
+//! `replay`, `target`, `deletes`, `aws`, `runtime`, `guc`, `pgutil` and `pgerr`.
 
 use pgrx::prelude::*;
 
@@ -13,12 +13,16 @@ pub mod event;
 pub mod mask;
 pub mod sqs;
 
+mod aws;
 mod deletes;
 mod drain;
 mod guc;
 mod keystore;
 mod pgerr;
+mod pgutil;
+mod replay;
 mod runtime;
+mod store;
 mod target;
 
 ::pgrx::pg_module_magic!();
@@ -65,6 +69,15 @@ fn set_mask_key(key: &[u8]) -> i32 {
     keystore::install_key(key)
 }
 
+fn required<T>(v: Option<T>, name: &str) -> T {
+    v.unwrap_or_else(|| {
+        pgerr::raise(
+            errors::ErrorKind::InvalidParameter,
+            format!("{name} must not be NULL"),
+        )
+    })
+}
+
 /// Drains up to `max_messages` login events from an SQS queue into
 /// `target_table`; see README "sqs_drain". Not STRICT: NULL arguments get a
 /// clear error instead of a silent NULL result.
@@ -75,32 +88,74 @@ fn sqs_drain(
     wait_seconds: default!(Option<i32>, 0),
     target_table: default!(Option<&str>, "'user_logins'"),
     visibility_timeout: default!(Option<i32>, "NULL"),
+    on_error: default!(Option<&str>, "'raise'"),
 ) -> TableIterator<
     'static,
     (
-        name!(run_id, i64),
+        name!(run_id, Option<i64>),
         name!(received, i64),
         name!(loaded, i64),
         name!(rejected, i64),
         name!(duplicates, i64),
     ),
 > {
-    fn required<T>(v: Option<T>, name: &str) -> T {
-        v.unwrap_or_else(|| {
-            pgerr::raise(
-                errors::ErrorKind::InvalidParameter,
-                format!("{name} must not be NULL"),
-            )
-        })
-    }
+    let on_error = match required(on_error, "on_error") {
+        "raise" => drain::OnError::Raise,
+        "record" => drain::OnError::Record,
+        other => pgerr::raise(
+            errors::ErrorKind::InvalidParameter,
+            format!("on_error must be 'raise' or 'record', not {other:?}"),
+        ),
+    };
     let s = drain::drain(drain::Args {
         queue_url: required(queue_url, "queue_url"),
         max_messages: required(max_messages, "max_messages"),
         wait_seconds: required(wait_seconds, "wait_seconds"),
         target_table: required(target_table, "target_table"),
         visibility_timeout,
+        on_error,
     });
     TableIterator::once((s.run_id, s.received, s.loaded, s.rejected, s.duplicates))
+}
+
+/// Messages in a queue, from SQS GetQueueAttributes (approximate, as SQS says).
+#[pg_extern(volatile, strict, parallel_unsafe)]
+fn queue_depth(
+    queue_url: &str,
+) -> TableIterator<
+    'static,
+    (
+        name!(visible, i64),
+        name!(in_flight, i64),
+        name!(delayed, i64),
+    ),
+> {
+    TableIterator::once(drain::queue_depth(queue_url))
+}
+
+/// Runs dead letters through validation and the target table again; see
+/// README "Replaying dead letters".
+#[pg_extern(volatile, parallel_unsafe)]
+fn replay_dead_letters(
+    queue_url: default!(Option<&str>, "NULL"),
+    reason_code: default!(Option<&str>, "NULL"),
+    target_table: default!(Option<&str>, "'user_logins'"),
+    max_rows: default!(Option<i32>, 1000),
+) -> TableIterator<
+    'static,
+    (
+        name!(replayed, i64),
+        name!(loaded, i64),
+        name!(rejected, i64),
+    ),
+> {
+    let r = replay::replay(
+        queue_url,
+        reason_code,
+        required(target_table, "target_table"),
+        required(max_rows, "max_rows"),
+    );
+    TableIterator::once((r.replayed, r.loaded, r.rejected))
 }
 
 /// Statement trigger on fetch_etl.mask_keys: invalidates cached keys.

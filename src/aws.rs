@@ -1,0 +1,123 @@
+//! Where an SQS request goes and with which credentials: settings first, then
+//! the server's environment, the way AWS SDKs read it.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::CStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::errors::ErrorKind;
+use crate::guc;
+use crate::pgerr::{raise, raise_with_hint, OrRaise};
+use crate::runtime;
+use crate::sqs::client::ClientConfig;
+use crate::sqs::{Client, Credentials, Protocol, QueueRef};
+
+thread_local! {
+    /// Protocol detected per endpoint, remembered for the backend's lifetime.
+    static KNOWN_PROTOCOLS: RefCell<HashMap<String, Protocol>> = RefCell::new(HashMap::new());
+}
+
+/// A client for `queue_url`, configured from the settings and environment.
+pub fn client_for(queue_url: &str) -> Arc<Client> {
+    let queue = QueueRef::parse(queue_url, endpoint_override().as_deref()).or_raise();
+    let creds = credentials();
+    let region = region_for(&queue);
+    let cfg = ClientConfig {
+        protocol: guc::SQS_PROTOCOL.get().choice(),
+        request_timeout: Duration::from_millis(guc::HTTP_TIMEOUT_MS.get() as u64),
+        max_attempts: guc::HTTP_MAX_ATTEMPTS.get() as u32,
+        ..ClientConfig::default()
+    };
+    let known = KNOWN_PROTOCOLS.with(|k| k.borrow().get(queue.endpoint.as_str()).copied());
+    Arc::new(Client::new(
+        runtime::http().or_raise(),
+        cfg,
+        creds,
+        region,
+        queue,
+        known,
+    ))
+}
+
+/// Remembers the protocol `client` found for its endpoint.
+pub fn remember_protocol(client: &Client) {
+    if let Some(p) = client.protocol() {
+        KNOWN_PROTOCOLS.with(|k| {
+            k.borrow_mut()
+                .insert(client.queue().endpoint.as_str().to_string(), p)
+        });
+    }
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+fn endpoint_override() -> Option<String> {
+    guc::string(&guc::SQS_ENDPOINT_URL)
+        .or_else(|| env("AWS_ENDPOINT_URL_SQS"))
+        .or_else(|| env("AWS_ENDPOINT_URL"))
+}
+
+fn region_for(queue: &QueueRef) -> String {
+    queue
+        .host_region
+        .clone()
+        .or_else(|| guc::string(&guc::AWS_REGION))
+        .or_else(|| env("AWS_REGION"))
+        .or_else(|| env("AWS_DEFAULT_REGION"))
+        .unwrap_or_else(|| "us-east-1".to_string())
+}
+
+/// Credentials from the fetch_etl.aws_* settings when the access key id is
+/// set there, otherwise from the server's environment.
+fn credentials() -> Credentials {
+    let from_settings = guc::string(&guc::AWS_ACCESS_KEY_ID).is_some();
+    let (key, secret, token, source) = if from_settings {
+        warn_if_settings_exposed();
+        (
+            guc::string(&guc::AWS_ACCESS_KEY_ID),
+            guc::string(&guc::AWS_SECRET_ACCESS_KEY),
+            guc::string(&guc::AWS_SESSION_TOKEN),
+            "the fetch_etl.aws_* settings",
+        )
+    } else {
+        (
+            env("AWS_ACCESS_KEY_ID"),
+            env("AWS_SECRET_ACCESS_KEY"),
+            env("AWS_SESSION_TOKEN"),
+            "the server's environment",
+        )
+    };
+    match (key, secret) {
+        (Some(access_key_id), Some(secret_access_key)) => {
+            Credentials { access_key_id, secret_access_key, session_token: token }
+        }
+        (None, _) => raise_with_hint(
+            ErrorKind::NotInPrerequisiteState,
+            "no AWS credentials for fetch_etl",
+            "Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the server's environment, or the superuser-only settings fetch_etl.aws_access_key_id and fetch_etl.aws_secret_access_key (see README, Credentials).",
+        ),
+        (Some(_), None) => raise(
+            ErrorKind::NotInPrerequisiteState,
+            format!("an AWS access key id but no secret access key is set in {source}"),
+        ),
+    }
+}
+
+/// Secrets kept in postgresql.conf/ALTER ROLE/ALTER DATABASE are readable by
+/// any role in sessions that have not loaded fetch_etl, unless it is preloaded.
+fn warn_if_settings_exposed() {
+    thread_local!(static WARNED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+    let secret: &CStr = c"fetch_etl.aws_secret_access_key";
+    if !guc::preloaded() && guc::set_persistently(secret) && !WARNED.with(|w| w.replace(true)) {
+        pgrx::warning!(
+            "fetch_etl.aws_secret_access_key is set in the server configuration but fetch_etl is not in shared_preload_libraries: sessions that have not loaded fetch_etl can read it"
+        );
+    }
+}

@@ -1,0 +1,171 @@
+//! Small PostgreSQL helpers shared by the glue modules: subtransactions,
+//! running as the extension owner, SQLSTATEs of caught errors.
+
+use std::panic::AssertUnwindSafe;
+
+use pgrx::pg_sys;
+use pgrx::pg_sys::panic::CaughtError;
+use pgrx::prelude::*;
+
+use crate::errors::ErrorKind;
+use crate::pgerr::raise;
+
+/// Runs `f` in a subtransaction (like a PL/pgSQL exception block): on error the
+/// subtransaction is rolled back and the error returned.
+pub fn in_subxact<R>(f: AssertUnwindSafe<impl FnOnce() -> R>) -> Result<R, Box<CaughtError>> {
+    // SAFETY: the PL/pgSQL pattern: remember memory context and resource
+    // owner, start a subtransaction, and restore both after commit or rollback.
+    unsafe {
+        let cx = pg_sys::CurrentMemoryContext;
+        let owner = pg_sys::CurrentResourceOwner;
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(cx);
+        let result = pg_sys::PgTryBuilder::new(AssertUnwindSafe(move || Ok(f.0())))
+            .catch_others(|e| Err(Box::new(e)))
+            .execute();
+        if result.is_ok() {
+            pg_sys::ReleaseCurrentSubTransaction();
+        } else {
+            pg_sys::MemoryContextSwitchTo(cx);
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+        }
+        pg_sys::MemoryContextSwitchTo(cx);
+        pg_sys::CurrentResourceOwner = owner;
+        result
+    }
+}
+
+/// The five-character SQLSTATE of a caught error (None for a Rust panic).
+pub fn sqlstate(e: &CaughtError) -> Option<String> {
+    let code = match e {
+        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r.sql_error_code() as i32,
+        CaughtError::RustPanic { .. } => return None,
+    };
+    // PostgreSQL packs the five characters six bits each (MAKE_SQLSTATE).
+    Some(
+        (0..5)
+            .map(|i| (((code >> (6 * i)) & 0x3F) as u8 + b'0') as char)
+            .collect(),
+    )
+}
+
+/// Data errors a row can cause (class 22 data exception, 23 constraint
+/// violation, P0 raised by a trigger).
+pub fn is_data_error(e: &CaughtError) -> bool {
+    sqlstate(e).is_some_and(|s| s.starts_with("22") || s.starts_with("23") || s.starts_with("P0"))
+}
+
+/// Cancellation, timeouts and shutdown (class 57): never to be swallowed.
+pub fn is_interrupt(e: &CaughtError) -> bool {
+    sqlstate(e).is_some_and(|s| s.starts_with("57"))
+}
+
+/// "SQLSTATE message" of a caught error.
+pub fn describe(e: &CaughtError) -> String {
+    let msg = match e {
+        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r.message().to_string(),
+        CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
+    };
+    format!("{} {msg}", sqlstate(e).unwrap_or_else(|| "XX000".into()))
+}
+
+/// Runs `f` as the extension's owner with search_path = pg_catalog, pg_temp:
+/// fetch_etl's own tables are not writable by the roles allowed to drain.
+/// On error the transaction (or subtransaction) abort restores both.
+pub fn as_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    // SAFETY: the same switch PostgreSQL makes for SECURITY DEFINER functions
+    // and RI triggers; restored below, or by the abort on error.
+    unsafe {
+        let mut saved_user = pg_sys::InvalidOid;
+        let mut saved_cx = 0;
+        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_cx);
+        pg_sys::SetUserIdAndSecContext(
+            owner,
+            saved_cx
+                | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
+                | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
+        );
+        let nest = pg_sys::NewGUCNestLevel();
+        pg_sys::set_config_option(
+            c"search_path".as_ptr(),
+            c"pg_catalog, pg_temp".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+        let r = f();
+        pg_sys::AtEOXact_GUC(true, nest);
+        pg_sys::SetUserIdAndSecContext(saved_user, saved_cx);
+        r
+    }
+}
+
+/// The role that created the extension (and owns its tables).
+pub fn extension_owner() -> pg_sys::Oid {
+    Spi::get_one::<pg_sys::Oid>(
+        "SELECT e.extowner FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'fetch_etl'",
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_else(|| raise(ErrorKind::NotInPrerequisiteState, "fetch_etl is not installed in this database"))
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use super::*;
+
+    #[pg_test]
+    fn subxact_catches_and_unpacks_sqlstate() {
+        let r = in_subxact(AssertUnwindSafe(|| Spi::get_one::<i32>("SELECT 1/0")));
+        let e = r.expect_err("division by zero raises");
+        assert_eq!(sqlstate(&e).as_deref(), Some("22012"));
+        assert!(is_data_error(&e));
+        assert!(!is_interrupt(&e));
+        assert!(describe(&e).starts_with("22012 division by zero"));
+        // the transaction is usable afterwards, and a successful subxact commits
+        assert_eq!(
+            in_subxact(AssertUnwindSafe(|| Spi::get_one::<i32>("SELECT 2")))
+                .unwrap()
+                .unwrap(),
+            Some(2)
+        );
+        let e = in_subxact(AssertUnwindSafe(|| Spi::run("SELECT * FROM no_such_table")))
+            .expect_err("missing table");
+        assert_eq!(sqlstate(&e).as_deref(), Some("42P01"));
+        assert!(!is_data_error(&e));
+    }
+
+    #[pg_test]
+    fn as_owner_switches_and_restores_identity_and_search_path() {
+        Spi::run("CREATE ROLE fe_pgtest_role").unwrap();
+        Spi::run("SET search_path = public").unwrap();
+        Spi::run("SET ROLE fe_pgtest_role").unwrap();
+        let owner = extension_owner();
+        let inside = as_owner(owner, || {
+            Spi::get_two::<String, String>(
+                "SELECT current_user::text, current_setting('search_path')",
+            )
+            .unwrap()
+        });
+        assert_eq!(inside.1.as_deref(), Some("pg_catalog, pg_temp"));
+        assert_ne!(inside.0.as_deref(), Some("fe_pgtest_role"));
+        let after = Spi::get_two::<String, String>(
+            "SELECT current_user::text, current_setting('search_path')",
+        )
+        .unwrap();
+        assert_eq!(after.0.as_deref(), Some("fe_pgtest_role"));
+        assert_eq!(after.1.as_deref(), Some("public"));
+        Spi::run("RESET ROLE").unwrap();
+    }
+}

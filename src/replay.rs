@@ -1,0 +1,94 @@
+//! `fetch_etl.replay_dead_letters`: run dead letters through the current
+//! validation and target table again, after a fix (a widened column, a dropped
+//! constraint, a corrected producer...). Loaded ones are marked replayed and
+//! are never replayed again; the others keep their row with the new reason.
+
+use pgrx::prelude::*;
+
+use crate::errors::ErrorKind;
+use crate::pgerr::raise;
+use crate::pgutil::as_owner;
+use crate::sqs::Message;
+use crate::store::Loader;
+
+pub struct Replayed {
+    pub replayed: i64,
+    pub loaded: i64,
+    pub rejected: i64,
+}
+
+pub fn replay(
+    queue_url: Option<&str>,
+    reason_code: Option<&str>,
+    target_table: &str,
+    max_rows: i32,
+) -> Replayed {
+    if max_rows < 1 {
+        raise(ErrorKind::InvalidParameter, "max_rows must be at least 1");
+    }
+    let loader = Loader::new(target_table);
+    let owner = loader.owner;
+    Spi::connect_mut(|client| {
+        // Lock the rows we take, skip rows another replay holds: each dead
+        // letter is replayed by one session at a time.
+        let picked: Vec<(i64, Message)> = as_owner(owner, || {
+            client
+                .update(
+                    "SELECT dead_letter_id, message_id, body, \
+                            (pg_catalog.date_part('epoch', sent_at) * 1000)::pg_catalog.int8, receive_count \
+                     FROM fetch_etl.dead_letters \
+                     WHERE replayed_at IS NULL \
+                       AND ($1::pg_catalog.text IS NULL OR queue_url = $1) \
+                       AND ($2::pg_catalog.text IS NULL OR reason_code = $2) \
+                     ORDER BY dead_letter_id LIMIT $3 FOR UPDATE SKIP LOCKED",
+                    None,
+                    &[queue_url.map(str::to_string).into(), reason_code.map(str::to_string).into(), max_rows.into()],
+                )
+                .unwrap_or_else(|e| raise(ErrorKind::Internal, format!("dead letters: {e}")))
+                .map(|row| {
+                    let id = row.get::<i64>(1).ok().flatten().unwrap_or_default();
+                    let text = |i| row.get::<String>(i).ok().flatten().unwrap_or_default();
+                    let m = Message {
+                        message_id: text(2),
+                        receipt_handle: String::new(),
+                        body: text(3),
+                        sent_timestamp_ms: row.get::<i64>(4).ok().flatten(),
+                        receive_count: row.get::<i32>(5).ok().flatten(),
+                    };
+                    (id, m)
+                })
+                .collect()
+        });
+        let msgs: Vec<&Message> = picked.iter().map(|(_, m)| m).collect();
+        let outcome = loader.load(client, &msgs);
+        let loaded_ids: Vec<i64> = outcome.loaded.iter().map(|&i| picked[i].0).collect();
+        let refused_ids: Vec<i64> = outcome.refused.iter().map(|r| picked[r.index].0).collect();
+        let codes: Vec<String> = outcome.refused.iter().map(|r| r.code.to_string()).collect();
+        let reasons: Vec<String> = outcome.refused.iter().map(|r| r.reason.clone()).collect();
+        as_owner(owner, || {
+            client
+                .update(
+                    "UPDATE fetch_etl.dead_letters SET replayed_at = pg_catalog.clock_timestamp(), replayed_by = SESSION_USER \
+                     WHERE dead_letter_id = ANY ($1::pg_catalog.int8[])",
+                    None,
+                    &[loaded_ids.into()],
+                )
+                .unwrap_or_else(|e| raise(ErrorKind::Internal, format!("dead letters: {e}")));
+            client
+                .update(
+                    "UPDATE fetch_etl.dead_letters d SET reason_code = t.c, reason = t.r \
+                     FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.text[]), \
+                                     pg_catalog.unnest($3::pg_catalog.text[])) AS t(id, c, r) \
+                     WHERE d.dead_letter_id = t.id",
+                    None,
+                    &[refused_ids.into(), codes.into(), reasons.into()],
+                )
+                .unwrap_or_else(|e| raise(ErrorKind::Internal, format!("dead letters: {e}")));
+        });
+        Replayed {
+            replayed: picked.len() as i64,
+            loaded: outcome.loaded.len() as i64,
+            rejected: outcome.refused.len() as i64,
+        }
+    })
+}
