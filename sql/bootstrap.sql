@@ -45,12 +45,14 @@ CREATE TABLE fetch_etl.drain_runs (
     wait_seconds   integer     NOT NULL,
     started_at     timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
     finished_at    timestamptz,
-    status         text        NOT NULL DEFAULT 'running' CHECK (status IN ('running', 'ok', 'partial')),
+    status         text        NOT NULL DEFAULT 'running'
+                               CHECK (status IN ('running', 'ok', 'partial', 'skipped', 'failed')),
     received       bigint      NOT NULL DEFAULT 0,
     loaded         bigint      NOT NULL DEFAULT 0,
     rejected       bigint      NOT NULL DEFAULT 0,
     duplicates     bigint      NOT NULL DEFAULT 0,
     receive_calls  integer     NOT NULL DEFAULT 0,
+    active_seconds double precision,  -- from start until the last message was stored
     protocol       text,
     error          text,
     run_by         name        NOT NULL DEFAULT SESSION_USER,
@@ -58,7 +60,8 @@ CREATE TABLE fetch_etl.drain_runs (
 );
 ALTER SEQUENCE fetch_etl.drain_runs_run_id_seq OWNED BY fetch_etl.drain_runs.run_id;
 CREATE INDEX drain_runs_queue_started ON fetch_etl.drain_runs (queue_url, started_at);
-COMMENT ON TABLE fetch_etl.drain_runs IS 'fetch_etl: one row per sqs_drain call (counts, timing, outcome).';
+COMMENT ON TABLE fetch_etl.drain_runs IS
+    'fetch_etl: one row per sqs_drain call (counts, timing, outcome: ok, partial, skipped, failed).';
 REVOKE ALL ON TABLE fetch_etl.drain_runs FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('fetch_etl.drain_runs', '');
 SELECT pg_catalog.pg_extension_config_dump('fetch_etl.drain_runs_run_id_seq', '');
@@ -75,10 +78,13 @@ CREATE TABLE fetch_etl.dead_letters (
     reason         text        NOT NULL,
     sent_at        timestamptz,
     receive_count  integer,
-    dead_at        timestamptz NOT NULL DEFAULT pg_catalog.now()
+    dead_at        timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    replayed_at    timestamptz,
+    replayed_by    name
 );
 ALTER SEQUENCE fetch_etl.dead_letters_id_seq OWNED BY fetch_etl.dead_letters.dead_letter_id;
 CREATE INDEX dead_letters_run ON fetch_etl.dead_letters (run_id);
+CREATE INDEX dead_letters_pending ON fetch_etl.dead_letters (queue_url, reason_code) WHERE replayed_at IS NULL;
 COMMENT ON TABLE fetch_etl.dead_letters IS 'fetch_etl: messages sqs_drain could not load, with the reason. Contains raw PII; owner only.';
 REVOKE ALL ON TABLE fetch_etl.dead_letters FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('fetch_etl.dead_letters', '');
@@ -92,6 +98,6 @@ CREATE TABLE fetch_etl.processed_messages (
     processed_at   timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 CREATE INDEX processed_messages_at ON fetch_etl.processed_messages USING brin (processed_at);
-COMMENT ON TABLE fetch_etl.processed_messages IS 'fetch_etl: SQS message ids already loaded or dead-lettered; prune with fetch_etl.prune_processed().';
+COMMENT ON TABLE fetch_etl.processed_messages IS 'fetch_etl: SQS message ids already loaded or dead-lettered; prune with fetch_etl.prune().';
 REVOKE ALL ON TABLE fetch_etl.processed_messages FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('fetch_etl.processed_messages', '');

@@ -38,29 +38,106 @@ COMMENT ON FUNCTION fetch_etl.rotate_mask_key() IS
 COMMENT ON FUNCTION fetch_etl.set_mask_key(bytea) IS
     'Superuser: make the given 32-byte key the active masking key. Returns its generation.';
 
--- Drop ledger entries older than the queue could redeliver (SQS keeps
--- messages at most 14 days).
-CREATE FUNCTION fetch_etl.prune_processed(older_than interval DEFAULT interval '14 days') RETURNS bigint
+-- Housekeeping, to schedule daily: drop old run records, ledger entries the
+-- queue can no longer redeliver (SQS keeps messages at most 14 days), and dead
+-- letters that were replayed. Dead letters not yet replayed are kept.
+CREATE FUNCTION fetch_etl.prune(
+    keep_runs     interval DEFAULT interval '30 days',
+    keep_ledger   interval DEFAULT interval '14 days',
+    keep_replayed interval DEFAULT interval '30 days'
+) RETURNS TABLE (runs bigint, ledger bigint, replayed_dead_letters bigint)
     LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SECURITY DEFINER
     SET search_path = ''
 AS $$
-DECLARE
-    removed bigint;
 BEGIN
-    IF older_than < interval '1 hour' THEN
-        RAISE EXCEPTION 'older_than must be at least 1 hour (got %)', older_than
+    IF keep_runs < interval '1 hour' OR keep_ledger < interval '1 hour' OR keep_replayed < interval '1 hour' THEN
+        RAISE EXCEPTION 'fetch_etl.prune keeps at least 1 hour of everything'
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Keep ledger entries at least as long as the queue''s MessageRetentionPeriod.';
     END IF;
-    DELETE FROM fetch_etl.processed_messages WHERE processed_at < pg_catalog.now() - older_than;
-    GET DIAGNOSTICS removed = ROW_COUNT;
-    RETURN removed;
+    DELETE FROM fetch_etl.drain_runs WHERE started_at < pg_catalog.now() - keep_runs;
+    GET DIAGNOSTICS runs = ROW_COUNT;
+    DELETE FROM fetch_etl.processed_messages WHERE processed_at < pg_catalog.now() - keep_ledger;
+    GET DIAGNOSTICS ledger = ROW_COUNT;
+    DELETE FROM fetch_etl.dead_letters WHERE replayed_at < pg_catalog.now() - keep_replayed;
+    GET DIAGNOSTICS replayed_dead_letters = ROW_COUNT;
+    RETURN NEXT;
 END
 $$;
-COMMENT ON FUNCTION fetch_etl.prune_processed(interval) IS
-    'Delete ledger entries older than older_than (default 14 days, the longest SQS retention). Returns the number removed.';
-COMMENT ON FUNCTION fetch_etl.sqs_drain(text, integer, integer, text, integer) IS
+COMMENT ON FUNCTION fetch_etl.prune(interval, interval, interval) IS
+    'Housekeeping: delete run records, ledger entries and replayed dead letters older than the given ages.';
+
+-- Drain repeatedly for up to time_budget, committing after each call, so that
+-- rows become visible and messages are deleted within seconds while a
+-- once-a-minute pg_cron job is running. Stops early when another session is
+-- draining the queue. A procedure with COMMIT cannot have a SET clause: every
+-- name inside is schema-qualified instead.
+CREATE PROCEDURE fetch_etl.sqs_drain_for(
+    queue_url    text,
+    time_budget  interval DEFAULT interval '55 seconds',
+    wait_seconds integer  DEFAULT 20,
+    target_table text     DEFAULT 'user_logins',
+    max_messages integer  DEFAULT 1000,
+    on_error     text     DEFAULT 'raise'
+)
+    LANGUAGE plpgsql
+AS $$
+DECLARE
+    deadline constant timestamptz := pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) time_budget;
+    left_s integer;
+    r record;
+BEGIN
+    IF time_budget IS NULL OR time_budget < interval '1 second' OR time_budget > interval '1 day' THEN
+        RAISE EXCEPTION 'time_budget must be between 1 second and 1 day' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF wait_seconds IS NULL OR wait_seconds < 1 OR wait_seconds > 20 THEN
+        RAISE EXCEPTION 'wait_seconds must be between 1 and 20 for sqs_drain_for'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    LOOP
+        left_s := pg_catalog.floor(pg_catalog.date_part('epoch', deadline OPERATOR(pg_catalog.-) pg_catalog.clock_timestamp()))::integer;
+        EXIT WHEN left_s OPERATOR(pg_catalog.<) 1;
+        SELECT * INTO r FROM fetch_etl.sqs_drain(queue_url, max_messages,
+            pg_catalog.int4smaller(wait_seconds, pg_catalog.int4larger(left_s OPERATOR(pg_catalog.-) 1, 0)),
+            target_table, NULL, on_error);
+        COMMIT;
+        EXIT WHEN r.run_id IS NULL;  -- another session is draining this queue
+    END LOOP;
+END
+$$;
+COMMENT ON PROCEDURE fetch_etl.sqs_drain_for(text, interval, integer, text, integer, text) IS
+    'Drain repeatedly for up to time_budget, committing after each sqs_drain call (for pg_cron).';
+
+-- Per-queue health at a glance, from the run records.
+CREATE VIEW fetch_etl.queue_health AS
+SELECT r.queue_url,
+       max(r.started_at) AS last_run_at,
+       (pg_catalog.array_agg(r.status ORDER BY r.run_id DESC))[1] AS last_status,
+       max(r.started_at) FILTER (WHERE r.loaded > 0) AS last_load_at,
+       (pg_catalog.array_agg(r.error ORDER BY r.run_id DESC) FILTER (WHERE r.error IS NOT NULL))[1] AS last_error,
+       max(r.started_at) FILTER (WHERE r.error IS NOT NULL) AS last_error_at,
+       count(*) FILTER (WHERE r.started_at > pg_catalog.now() - interval '1 hour') AS runs_last_hour,
+       COALESCE(sum(r.received) FILTER (WHERE r.started_at > pg_catalog.now() - interval '1 hour'), 0) AS received_last_hour,
+       COALESCE(sum(r.loaded) FILTER (WHERE r.started_at > pg_catalog.now() - interval '1 hour'), 0) AS loaded_last_hour,
+       COALESCE(sum(r.rejected) FILTER (WHERE r.started_at > pg_catalog.now() - interval '1 day'), 0) AS rejected_last_day,
+       -- while messages were flowing: a run's final empty long poll does not count
+       round((sum(r.received) FILTER (WHERE r.started_at > pg_catalog.now() - interval '1 hour' AND r.received > 0)
+              / NULLIF(sum(r.active_seconds)
+                       FILTER (WHERE r.started_at > pg_catalog.now() - interval '1 hour' AND r.received > 0), 0))::numeric, 1)
+           AS messages_per_second,
+       (SELECT count(*) FROM fetch_etl.dead_letters d
+         WHERE d.queue_url = r.queue_url AND d.replayed_at IS NULL) AS dead_letters_pending
+FROM fetch_etl.drain_runs r
+GROUP BY r.queue_url;
+COMMENT ON VIEW fetch_etl.queue_health IS
+    'fetch_etl: per-queue last run, last error, recent volume and rate, dead letters pending. GRANT SELECT to monitoring roles.';
+
+COMMENT ON FUNCTION fetch_etl.sqs_drain(text, integer, integer, text, integer, text) IS
     'Drain login events from an SQS queue into target_table: masked rows, dead letters, deletes after COMMIT.';
+COMMENT ON FUNCTION fetch_etl.queue_depth(text) IS
+    'Approximate visible, in-flight and delayed messages of a queue (SQS GetQueueAttributes).';
+COMMENT ON FUNCTION fetch_etl.replay_dead_letters(text, text, text, integer) IS
+    'Run dead letters through validation and the target table again; loaded ones are marked replayed.';
 
 -- Secure by default: nothing here is callable by PUBLIC. mask_pii answers
 -- "what is the mask of X?", which lets a caller test guesses, so it is
@@ -71,9 +148,13 @@ REVOKE ALL ON FUNCTION fetch_etl.mask_and_vault(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION fetch_etl.rotate_mask_key() FROM PUBLIC;
 REVOKE ALL ON FUNCTION fetch_etl.set_mask_key(bytea) FROM PUBLIC;
 REVOKE ALL ON FUNCTION fetch_etl.mask_keys_changed() FROM PUBLIC;
--- sqs_drain makes the server send HTTP requests with its AWS credentials.
-REVOKE ALL ON FUNCTION fetch_etl.sqs_drain(text, integer, integer, text, integer) FROM PUBLIC;
-REVOKE ALL ON FUNCTION fetch_etl.prune_processed(interval) FROM PUBLIC;
+-- These make the server send HTTP requests with its AWS credentials.
+REVOKE ALL ON FUNCTION fetch_etl.sqs_drain(text, integer, integer, text, integer, text) FROM PUBLIC;
+REVOKE ALL ON PROCEDURE fetch_etl.sqs_drain_for(text, interval, integer, text, integer, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION fetch_etl.queue_depth(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION fetch_etl.replay_dead_letters(text, text, text, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION fetch_etl.prune(interval, interval, interval) FROM PUBLIC;
+REVOKE ALL ON TABLE fetch_etl.queue_health FROM PUBLIC;
 
 -- The first key: 256 random bits from the operating system, never in SQL text.
 SELECT fetch_etl.rotate_mask_key();
