@@ -8,11 +8,13 @@ ANALYZE fetch_etl.mask_keys, fetch_etl.pii_vault;
 SELECT p.oid::regprocedure AS function, has_function_privilege('public', p.oid, 'EXECUTE') AS public_execute
 FROM pg_proc p WHERE p.pronamespace = 'fetch_etl'::regnamespace ORDER BY p.proname;
 SELECT c.relname, has_table_privilege('public', c.oid, 'SELECT') AS public_select
-FROM pg_class c WHERE c.relnamespace = 'fetch_etl'::regnamespace AND c.relkind = 'r' ORDER BY 1;
+FROM pg_class c WHERE c.relnamespace = 'fetch_etl'::regnamespace AND c.relkind IN ('r', 'v') ORDER BY 1;
 
 SET ROLE fe_nobody;
 SELECT public.try('SELECT * FROM fetch_etl.mask_keys') AS read_keys;
 SELECT public.try('SELECT * FROM fetch_etl.pii_vault') AS read_vault;
+SELECT public.try('SELECT * FROM fetch_etl.queue_health') AS read_health;
+SELECT public.try('SELECT * FROM fetch_etl.dead_letters') AS read_dead_letters;
 SELECT public.try('SELECT fetch_etl.unmask(masked_ip) FROM public.logins') AS unmask;
 SELECT public.try('SELECT fetch_etl.mask_pii(''x'')') AS mask_without_grant;
 SELECT public.try('SELECT fetch_etl.mask_and_vault(''x'')') AS write_vault;

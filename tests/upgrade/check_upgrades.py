@@ -1,0 +1,156 @@
+"""Released SQL stays released; upgrades give the same database as a fresh install.
+
+For each frozen install script tests/upgrade/fetch_etl--V.sql (the SQL that
+version V installed when it was released):
+- V is the current version: installing the frozen script and installing the
+  current build must give identical catalogs. If not, released SQL changed:
+  bump the version and write sql/fetch_etl--V--<new>.sql.
+- V is older: CREATE EXTENSION fetch_etl VERSION 'V' then ALTER EXTENSION
+  fetch_etl UPDATE must give the same catalog as a fresh install.
+
+Catalogs are compared as a normalized description of every object in schema
+fetch_etl (pgrx does not promise a stable order of its generated script, so
+the texts themselves are not compared). Run as root by scripts/test, against
+the test cluster; it copies frozen scripts into the extension directory and
+removes them again.
+"""
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+
+HERE = Path(__file__).resolve().parent
+
+DESCRIBE = {
+    "functions": """
+        SELECT p.oid::regprocedure::text, p.prokind, p.provolatile, p.proparallel, p.proisstrict, p.prosecdef,
+               coalesce(p.proconfig::text, ''), pg_get_function_arguments(p.oid), pg_get_function_result(p.oid),
+               CASE WHEN l.lanname = 'c' THEN p.prosrc ELSE md5(p.prosrc) END, l.lanname,
+               coalesce(p.proacl::text, ''), coalesce(obj_description(p.oid, 'pg_proc'), '')
+        FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang
+        WHERE p.pronamespace = 'fetch_etl'::regnamespace ORDER BY 1""",
+    "relations": """
+        SELECT c.relname, c.relkind, coalesce(c.relacl::text, ''), coalesce(obj_description(c.oid, 'pg_class'), ''),
+               CASE WHEN c.relkind = 'v' THEN pg_get_viewdef(c.oid) ELSE '' END
+        FROM pg_class c WHERE c.relnamespace = 'fetch_etl'::regnamespace AND c.relkind IN ('r', 'v', 'S') ORDER BY 1""",
+    "columns": """
+        SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+               coalesce(pg_get_expr(d.adbin, d.adrelid), '')
+        FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+        LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+        WHERE c.relnamespace = 'fetch_etl'::regnamespace AND c.relkind IN ('r', 'v') AND a.attnum > 0
+          AND NOT a.attisdropped ORDER BY 1, 2""",
+    "constraints": """
+        SELECT conrelid::regclass::text, pg_get_constraintdef(oid) FROM pg_constraint
+        WHERE connamespace = 'fetch_etl'::regnamespace ORDER BY 1, 2""",
+    "indexes": """
+        SELECT regexp_replace(indexdef, 'INDEX \\S+ ON', 'INDEX ON') FROM pg_indexes
+        WHERE schemaname = 'fetch_etl' ORDER BY 1""",
+    "triggers": """
+        SELECT pg_get_triggerdef(t.oid) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+        WHERE c.relnamespace = 'fetch_etl'::regnamespace AND NOT t.tgisinternal ORDER BY 1""",
+    "dumped": """
+        SELECT cfg::regclass::text FROM pg_extension e, unnest(e.extconfig) AS cfg
+        WHERE e.extname = 'fetch_etl' ORDER BY 1""",
+    "members": """
+        SELECT pg_describe_object(classid, objid, objsubid) FROM pg_depend
+        WHERE refclassid = 'pg_extension'::regclass AND deptype = 'e'
+          AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'fetch_etl') ORDER BY 1""",
+    "schema": """SELECT nspname, coalesce(nspacl::text, '') FROM pg_namespace WHERE nspname = 'fetch_etl'""",
+}
+
+
+def describe(conn) -> dict:
+    return {k: [tuple(r) for r in conn.execute(q)] for k, q in DESCRIBE.items()}
+
+
+def diff(a: dict, b: dict) -> list[str]:
+    out = []
+    for k in DESCRIBE:
+        for row in sorted(set(a[k]) - set(b[k]), key=str):
+            out.append(f"  only in the first  ({k}): {row}")
+        for row in sorted(set(b[k]) - set(a[k]), key=str):
+            out.append(f"  only in the second ({k}): {row}")
+    return out
+
+
+def version_key(v: str):
+    return [int(x) for x in re.findall(r"\d+", v)]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--host", required=True)
+    ap.add_argument("--port", required=True)
+    ap.add_argument("--version", required=True, help="the current version (Cargo.toml)")
+    ap.add_argument("--extdir", required=True, help="$(pg_config --sharedir)/extension")
+    args = ap.parse_args()
+    extdir = Path(args.extdir)
+
+    def admin(sql):
+        with psycopg.connect(host=args.host, port=args.port, user="postgres", dbname="postgres", autocommit=True) as c:
+            c.execute(sql)
+
+    def install(db: str, create_sql: str, then: str | None = None) -> dict:
+        admin(f'DROP DATABASE IF EXISTS "{db}"')
+        admin(f'CREATE DATABASE "{db}"')
+        try:
+            with psycopg.connect(host=args.host, port=args.port, user="postgres", dbname=db, autocommit=True) as c:
+                c.execute(create_sql)
+                if then:
+                    c.execute(then)
+                installed = c.execute("SELECT extversion FROM pg_extension WHERE extname = 'fetch_etl'").fetchone()[0]
+                if installed != args.version:
+                    raise SystemExit(f"{db}: fetch_etl is at {installed}, expected {args.version}")
+                return describe(c)
+        finally:
+            admin(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+
+    frozen = sorted(HERE.glob("fetch_etl--*.sql"), key=lambda p: version_key(p.stem.split("--")[1]))
+    if not frozen:
+        print("check_upgrades: no frozen release scripts", file=sys.stderr)
+        return 1
+    fresh = install("upgrade_fresh", "CREATE EXTENSION fetch_etl")
+    failures = 0
+    for path in frozen:
+        v = path.stem.split("--")[1]
+        target = extdir / f"fetch_etl--{v}.sql"
+        if v == args.version:
+            current = extdir / f"fetch_etl--{v}.sql"
+            saved = current.with_suffix(".sql.current")
+            shutil.copyfile(current, saved)
+            try:
+                shutil.copyfile(path, current)
+                released = install("upgrade_released", "CREATE EXTENSION fetch_etl")
+            finally:
+                shutil.move(saved, current)
+            problems = diff(released, fresh)
+            what = f"{v}: the released SQL and this build's SQL"
+            hint = f"released SQL changed: bump the version and write sql/fetch_etl--{v}--<new>.sql"
+        elif version_key(v) < version_key(args.version):
+            shutil.copyfile(path, target)
+            try:
+                upgraded = install("upgrade_from", f"CREATE EXTENSION fetch_etl VERSION '{v}'", "ALTER EXTENSION fetch_etl UPDATE")
+            finally:
+                target.unlink()
+            problems = diff(upgraded, fresh)
+            what = f"{v} -> {args.version}: ALTER EXTENSION UPDATE and a fresh install"
+            hint = "the upgrade scripts miss something"
+        else:
+            print(f"check_upgrades: {path.name} is newer than {args.version}", file=sys.stderr)
+            return 1
+        if problems:
+            failures += 1
+            print(f"check_upgrades: {what} differ ({hint}):", file=sys.stderr)
+            print("\n".join(problems), file=sys.stderr)
+        else:
+            print(f"check_upgrades: {what} give identical catalogs")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
