@@ -1,0 +1,12 @@
+# syntax=docker/dockerfile:1
+#
+# The local SQS emulator of the demo and tests: moto, run and seeded by
+# scripts/sqs_emulator.py (the same script and pinned requirements CI uses).
+FROM python:3.11-slim
+WORKDIR /app
+COPY scripts/requirements.txt scripts/requirements.txt
+RUN pip install --no-cache-dir -r scripts/requirements.txt
+COPY scripts/sqs_emulator.py scripts/sqs_emulator.py
+COPY data/login-queue-sample.json data/login-queue-sample.json
+EXPOSE 4566
+CMD ["python", "scripts/sqs_emulator.py", "serve", "--host", "0.0.0.0", "--port", "4566"]
