@@ -14,19 +14,19 @@
 
 use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
+use tokio::sync::mpsc;
 
 use crate::errors::{Classified, ErrorKind};
 use crate::pgerr::raise;
 use crate::pgutil::{as_owner, describe, extension_owner, in_subxact, is_interrupt};
+use crate::sqs::pump::{pump, PumpConfig, PumpEvent};
 use crate::sqs::{Client, Message, SqsError};
-use crate::store::{insert_dead_letters, Loader};
+use crate::store::Loader;
 use crate::{aws, deletes, guc, runtime};
 
 /// `pg_try_advisory_xact_lock(LOCK_CLASS, hashtext(queue_url))` guards a queue
@@ -176,131 +176,89 @@ struct Ctx<'a> {
     run_id: i64,
 }
 
-type ReceiveFuture<'a> =
-    Pin<Box<dyn std::future::Future<Output = (u32, bool, Result<Vec<Message>, SqsError>)> + 'a>>;
-
-/// Keeps `fetch_etl.receive_concurrency` ReceiveMessage calls in flight until
-/// `max_messages` are received or the queue looks empty. Once a short poll
-/// comes back empty and the calls in flight are done, one long poll of
-/// `wait_seconds` (if asked) gives late messages a chance; messages it brings
-/// are followed by short polls, and the call ends when the queue is empty
-/// again. Returns the number of calls, the error that stopped it early, and
-/// the time from `started` until the last message was stored.
+/// Receives through the pump on the I/O thread (`sqs::pump`) and stores what
+/// it brings, `fetch_etl.batch_size` messages at a time, while the pump keeps
+/// `fetch_etl.receive_concurrency` calls in flight. Returns the number of
+/// calls, the error that stopped receiving early, and the time from `started`
+/// until the last message was stored.
 fn receive_loop(
     ctx: &Ctx<'_>,
     args: &Args<'_>,
     summary: &mut Summary,
     started: Instant,
 ) -> (i32, Option<SqsError>, std::time::Duration) {
-    let max = args.max_messages as i64;
-    let concurrency = guc::RECEIVE_CONCURRENCY.get().clamp(1, 64) as usize;
     let batch_size = guc::BATCH_SIZE.get().max(10) as usize;
-    let visibility = args.visibility_timeout.map(|v| v as u32);
-    let client = &*ctx.client;
+    let cfg = PumpConfig {
+        max_messages: args.max_messages as u64,
+        concurrency: guc::RECEIVE_CONCURRENCY.get().clamp(1, 64) as usize,
+        wait_seconds: args.wait_seconds as u32,
+        visibility_timeout: args.visibility_timeout.map(|v| v as u32),
+    };
+    // Room for two batches of replies: the pump waits (backpressure) beyond.
+    let (tx, mut rx) = mpsc::channel(batch_size.div_ceil(10) * 2);
+    let client = ctx.client.clone();
+    let task = runtime::spawn(async move { pump(&*client, cfg, tx).await });
 
-    let mut inflight: FuturesUnordered<ReceiveFuture<'_>> = FuturesUnordered::new();
-    let mut requested: i64 = 0; // messages asked for by calls in flight
-    let mut received: i64 = 0;
-    let mut looks_empty = false;
-    let mut long_polled = false;
-    let mut calls = 0;
-    let mut stop: Option<SqsError> = None;
     let mut batch: Vec<Message> = Vec::new();
-    let mut active = std::time::Duration::ZERO;
-
-    loop {
-        while stop.is_none()
-            && !looks_empty
-            && inflight.len() < concurrency
-            && received + requested < max
-        {
-            let n = (max - received - requested).min(10) as u32;
-            requested += n as i64;
-            inflight.push(Box::pin(async move {
-                (n, false, client.receive(n, 0, visibility).await)
-            }));
-        }
-        if inflight.is_empty() {
-            let may_long_poll = looks_empty
-                && !long_polled
-                && args.wait_seconds > 0
-                && received < max
-                && stop.is_none();
-            if !may_long_poll {
-                break;
-            }
-            long_polled = true;
-            let n = (max - received).min(10) as u32;
-            let wait = args.wait_seconds as u32;
-            requested += n as i64;
-            inflight.push(Box::pin(async move {
-                (n, true, client.receive(n, wait, visibility).await)
-            }));
-        }
-        let (n, was_long_poll, result) =
-            runtime::block_on_interruptible(inflight.next()).expect("a call is in flight");
-        requested -= n as i64;
-        calls += 1;
-        match result {
-            Ok(msgs) if msgs.is_empty() => looks_empty = true,
-            Ok(msgs) => {
-                if was_long_poll {
-                    // Messages arrived while we waited: take what followed them.
-                    looks_empty = false;
-                }
-                received += msgs.len() as i64;
-                batch.extend(msgs);
-            }
-            Err(e) if received == 0 && stop.is_none() => {
-                drop(inflight);
-                raise(e.kind(), client.redact(&e.to_string()));
-            }
-            Err(e) => {
-                stop.get_or_insert(e);
-            }
+    let mut stop: Option<SqsError> = None;
+    // Time until the last batch was stored: a final empty long poll does not count.
+    let mut last_stored = std::time::Duration::ZERO;
+    while let Some(event) = runtime::block_on_interruptible(rx.recv()) {
+        match event {
+            PumpEvent::Messages(msgs) => batch.extend(msgs),
+            PumpEvent::Failed {
+                error,
+                received_before: false,
+            } => raise(error.kind(), ctx.client.redact(&error.to_string())),
+            PumpEvent::Failed { error, .. } => stop = Some(error),
         }
         if batch.len() >= batch_size {
             store_batch(ctx, std::mem::take(&mut batch), summary);
-            active = started.elapsed();
+            last_stored = started.elapsed();
         }
     }
+    let stats = task.join();
     if !batch.is_empty() {
         store_batch(ctx, batch, summary);
-        active = started.elapsed();
+        last_stored = started.elapsed();
     }
-    (calls, stop, active)
+    let flushing = Instant::now();
+    Spi::connect_mut(|client| ctx.loader.flush_vault(client));
+    (stats.calls as i32, stop, last_stored + flushing.elapsed())
 }
 
 fn store_batch(ctx: &Ctx<'_>, msgs: Vec<Message>, summary: &mut Summary) {
-    summary.received += msgs.len() as i64;
     let handles: Vec<String> = msgs.iter().map(|m| m.receipt_handle.clone()).collect();
+    store_messages(&ctx.loader, ctx.run_id, ctx.queue_url, &msgs, summary);
+    deletes::after_commit(ctx.client.clone(), handles);
+}
 
+/// Stores received messages: ledger, validation, masking, inserts, vault,
+/// dead letters. Deleting them from SQS is the caller's business.
+fn store_messages(
+    loader: &Loader,
+    run_id: i64,
+    queue_url: &str,
+    msgs: &[Message],
+    summary: &mut Summary,
+) {
+    summary.received += msgs.len() as i64;
     // The same message twice in one batch (redelivered while we worked): keep the first.
     let mut seen = HashSet::with_capacity(msgs.len());
     let mut unique: Vec<&Message> = Vec::with_capacity(msgs.len());
-    for m in &msgs {
+    for m in msgs {
         if seen.insert(m.message_id.as_str()) {
             unique.push(m);
         } else {
             summary.duplicates += 1;
         }
     }
-    let owner = ctx.loader.owner;
     Spi::connect_mut(|client| {
-        let ids: Vec<String> = unique.iter().map(|m| m.message_id.clone()).collect();
-        let new_ids: HashSet<String> = as_owner(owner, || {
-            client
-                .update(
-                    "INSERT INTO fetch_etl.processed_messages (message_id, run_id) \
-                     SELECT pg_catalog.unnest($1::pg_catalog.text[]), $2 \
-                     ON CONFLICT (message_id) DO NOTHING RETURNING message_id",
-                    None,
-                    &[ids.into(), ctx.run_id.into()],
-                )
-                .unwrap_or_else(|e| raise(ErrorKind::Internal, format!("ledger: {e}")))
-                .filter_map(|row| row.get::<String>(1).ok().flatten())
-                .collect()
-        });
+        let ids: Vec<&str> = unique.iter().map(|m| m.message_id.as_str()).collect();
+        let new_ids: HashSet<String> = loader
+            .record_ids(client, &ids, run_id)
+            .into_iter()
+            .collect();
         let fresh: Vec<&Message> = unique
             .iter()
             .copied()
@@ -308,19 +266,38 @@ fn store_batch(ctx: &Ctx<'_>, msgs: Vec<Message>, summary: &mut Summary) {
             .collect();
         summary.duplicates += (unique.len() - fresh.len()) as i64;
 
-        let outcome = ctx.loader.load(client, &fresh);
+        let outcome = loader.load(client, &fresh);
         summary.loaded += outcome.loaded.len() as i64;
         summary.rejected += outcome.refused.len() as i64;
-        insert_dead_letters(
-            client,
-            owner,
-            ctx.run_id,
-            ctx.queue_url,
-            &fresh,
-            &outcome.refused,
-        );
+        loader.insert_dead_letters(client, run_id, queue_url, &fresh, &outcome.refused);
     });
-    deletes::after_commit(ctx.client.clone(), handles);
+}
+
+/// The in-database part of a drain alone, for scripts/bench: stores `bodies`
+/// as if just received (fresh message ids, sent now), in batches of
+/// fetch_etl.batch_size, and returns how many rows were loaded. Not part of
+/// the SQL API: the benchmark declares it in its own database.
+pub fn bench_store(bodies: Vec<String>, target_table: &str) -> i64 {
+    let loader = Loader::new(target_table);
+    let batch = guc::BATCH_SIZE.get().max(10) as usize;
+    let tag = crate::pgutil::now_ms();
+    let mut summary = Summary::default();
+    for (k, chunk) in bodies.chunks(batch).enumerate() {
+        let msgs: Vec<Message> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, b)| Message {
+                message_id: format!("bench-{tag}-{k}-{i}"),
+                receipt_handle: String::new(),
+                body: b.clone(),
+                sent_timestamp_ms: Some(tag),
+                receive_count: Some(1),
+            })
+            .collect();
+        store_messages(&loader, -1, "bench", &msgs, &mut summary);
+    }
+    Spi::connect_mut(|client| loader.flush_vault(client));
+    summary.loaded
 }
 
 fn start_run(owner: pg_sys::Oid, args: &Args<'_>, target: &str) -> i64 {

@@ -4,6 +4,7 @@
 //! query cancellation between short polling slices.
 
 pub mod client;
+pub mod pump;
 pub mod queue_url;
 pub mod signer;
 pub mod wire;
