@@ -26,7 +26,8 @@ SELECT pg_catalog.pg_extension_config_dump('fetch_etl.mask_keys', '');
 
 -- The PII vault: the only place raw values are kept, for unmask().
 CREATE TABLE fetch_etl.pii_vault (
-    masked      text        PRIMARY KEY CHECK (pg_catalog.length(masked) = 64),
+    -- COLLATE "C": masks are ASCII hex; bytewise comparison is all they need, and cheaper.
+    masked      text        COLLATE "C" PRIMARY KEY CHECK (pg_catalog.length(masked) = 64),
     raw         text        NOT NULL,
     first_seen  timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
@@ -93,7 +94,7 @@ SELECT pg_catalog.pg_extension_config_dump('fetch_etl.dead_letters_id_seq', '');
 -- The ledger of processed SQS message ids: what makes redelivery, lost
 -- deletes, re-runs and concurrent drains load each message once.
 CREATE TABLE fetch_etl.processed_messages (
-    message_id     text        PRIMARY KEY,
+    message_id     text        COLLATE "C" PRIMARY KEY,
     run_id         bigint      NOT NULL,
     processed_at   timestamptz NOT NULL DEFAULT pg_catalog.now()
 );

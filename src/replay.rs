@@ -61,6 +61,7 @@ pub fn replay(
         });
         let msgs: Vec<&Message> = picked.iter().map(|(_, m)| m).collect();
         let outcome = loader.load(client, &msgs);
+        loader.flush_vault(client);
         let loaded_ids: Vec<i64> = outcome.loaded.iter().map(|&i| picked[i].0).collect();
         let refused_ids: Vec<i64> = outcome.refused.iter().map(|r| picked[r.index].0).collect();
         let codes: Vec<String> = outcome.refused.iter().map(|r| r.code.to_string()).collect();

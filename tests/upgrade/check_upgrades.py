@@ -39,9 +39,10 @@ DESCRIBE = {
         FROM pg_class c WHERE c.relnamespace = 'fetch_etl'::regnamespace AND c.relkind IN ('r', 'v', 'S') ORDER BY 1""",
     "columns": """
         SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
-               coalesce(pg_get_expr(d.adbin, d.adrelid), '')
+               coalesce(pg_get_expr(d.adbin, d.adrelid), ''), coalesce(co.collname, '')
         FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
         LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+        LEFT JOIN pg_collation co ON co.oid = a.attcollation
         WHERE c.relnamespace = 'fetch_etl'::regnamespace AND c.relkind IN ('r', 'v') AND a.attnum > 0
           AND NOT a.attisdropped ORDER BY 1, 2""",
     "constraints": """
