@@ -1,0 +1,351 @@
+"""fetch_etl benchmarks: every comparison runs side by side in this one run and
+is reported as a ratio (absolute times on a shared 2-core machine are noise).
+Started by scripts/bench, which provides the cluster, fauxqs and the tools.
+
+  1. masking in a query: mask_pii vs built-in unkeyed sha256 vs pgcrypto hmac
+  2. end-to-end drain: sqs_drain vs a seed-style Python loader, and vs the
+     ceiling (our SQS client receiving and deleting, no database)
+  3. latency: throughput at 1, 4, 8, 16 receives in flight behind 20 ms
+  4. memory: backend peak RSS growth while draining 50,000 messages in one call
+  5. the in-database part alone vs COPY of the same final rows
+"""
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import boto3
+import psycopg
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = json.loads((REPO / "data" / "login-queue-sample.json").read_text())
+VERSIONS = sorted({r["app_version"] for r in SAMPLE if "app_version" in r})
+LOCALES = sorted({r["locale"] for r in SAMPLE if r.get("locale")})
+
+TABLE_DDL = ("CREATE TABLE {name} (user_id varchar(128), device_type varchar(32), masked_ip varchar(256),"
+             " masked_device_id varchar(256), locale varchar(32), app_version integer, create_date date)")
+
+
+def log(msg):
+    print(f"  {msg}", file=sys.stderr, flush=True)
+
+
+def cpu_seconds(pid):
+    """User + system CPU of a process, all its threads, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def status_kb(pid, field):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def login_bodies(n, seed):
+    """n distinct login events shaped like the sample (json.dumps, like the exercise's producer)."""
+    rnd = random.Random(seed)
+    out = []
+    for _ in range(n):
+        rec = {
+            "user_id": str(uuid.UUID(int=rnd.getrandbits(128), version=4)),
+            "app_version": rnd.choice(VERSIONS),
+            "device_type": rnd.choice(["android", "ios"]),
+            "ip": ".".join(str(rnd.randrange(256)) for _ in range(4)),
+            "locale": rnd.choice(LOCALES) if rnd.random() > 0.3 else None,
+            "device_id": f"{rnd.randrange(1000):03d}-{rnd.randrange(100):02d}-{rnd.randrange(10000):04d}",
+        }
+        out.append(json.dumps(rec))
+    return out
+
+
+class Emulator:
+    def __init__(self, port):
+        self.endpoint = f"http://127.0.0.1:{port}"
+        self.sqs = boto3.client("sqs", endpoint_url=self.endpoint, region_name="us-east-1",
+                                aws_access_key_id="test", aws_secret_access_key="test")
+
+    def queue(self, bodies):
+        url = self.sqs.create_queue(QueueName="bench-" + uuid.uuid4().hex[:10])["QueueUrl"]
+        chunks = [bodies[i:i + 10] for i in range(0, len(bodies), 10)]
+
+        def send(chunk):
+            self.sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": str(j), "MessageBody": b}
+                                                               for j, b in enumerate(chunk)])
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(send, chunks))
+        return url
+
+    def depth(self, url):
+        a = self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages",
+                                                                        "ApproximateNumberOfMessagesNotVisible"])
+        return int(a["Attributes"]["ApproximateNumberOfMessages"]) + int(
+            a["Attributes"]["ApproximateNumberOfMessagesNotVisible"])
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.dsn = f"host={args.pghost} port={args.pgport} user=postgres dbname={args.db}"
+        self.emu = Emulator(args.fauxqs_port)
+        self.rows = []  # (benchmark, ours, baseline, ratio, target, met)
+
+    def conn(self, **settings):
+        c = psycopg.connect(self.dsn, autocommit=True)
+        settings = {
+            "fetch_etl.aws_access_key_id": "test",
+            "fetch_etl.aws_secret_access_key": "test",
+            "fetch_etl.sqs_endpoint_url": self.emu.endpoint,
+            "fetch_etl.delete_timeout": "300s",
+            **settings,
+        }
+        for k, v in settings.items():
+            c.execute("SELECT set_config(%s, %s, false)", (k, str(v)))
+        return c
+
+    def record(self, name, ours, baseline, ratio, target, met):
+        self.rows.append((name, ours, baseline, f"{ratio:.2f}", target, "yes" if met else "NO"))
+        log(f"{name}: {ours} vs {baseline}: ratio {ratio:.2f} (target {target}) {'met' if met else 'MISSED'}")
+
+    # 1 -------------------------------------------------------------------
+    def masking(self):
+        n, rounds = self.args.mask_rows, self.args.rounds
+        with psycopg.connect(self.dsn, autocommit=True) as c:
+            c.execute("CREATE EXTENSION IF NOT EXISTS pgcrypto")
+            c.execute("DROP TABLE IF EXISTS bench_ips")
+            # n distinct dotted IPv4 strings
+            c.execute("CREATE TABLE bench_ips AS SELECT format('%%s.%%s.%%s.%%s', (i >> 24) & 255, (i >> 16) & 255,"
+                      " (i >> 8) & 255, i & 255) AS x FROM generate_series(16777216, 16777215 + %s) i" % n)
+            c.execute("VACUUM ANALYZE bench_ips")
+            c.execute("SET max_parallel_workers_per_gather = 0")  # per-row cost, one core each
+            variants = {
+                "mask_pii": "SELECT count(fetch_etl.mask_pii(x)) FROM bench_ips",
+                "sha256": "SELECT count(encode(sha256(convert_to(x, 'UTF8')), 'hex')) FROM bench_ips",
+                "hmac": "SELECT count(encode(hmac(x, 'a-32-byte-key-for-the-benchmark!', 'sha256'), 'hex')) FROM bench_ips",
+                "scan": "SELECT count(x) FROM bench_ips",
+            }
+            times = {k: [] for k in variants}
+            c.execute(variants["mask_pii"])  # warm the key cache and the table
+            for _ in range(rounds):
+                for k, q in variants.items():
+                    t = time.perf_counter()
+                    c.execute(q).fetchone()
+                    times[k].append(time.perf_counter() - t)
+            med = {k: statistics.median(v) for k, v in times.items()}
+            c.execute("DROP TABLE bench_ips")
+        ms = lambda k: f"{med[k] * 1000:.0f} ms"  # noqa: E731
+        self.record(f"1a. mask_pii vs built-in sha256, {n:,} IPv4 (median of {rounds})", ms("mask_pii"),
+                    ms("sha256"), med["sha256"] / med["mask_pii"], ">= 1.0", med["sha256"] >= med["mask_pii"])
+        self.record(f"1b. mask_pii vs pgcrypto hmac, {n:,} IPv4", ms("mask_pii"), ms("hmac"),
+                    med["hmac"] / med["mask_pii"], ">= 2.0", med["hmac"] >= 2 * med["mask_pii"])
+        log(f"bare scan {ms('scan')}: per row mask_pii {(med['mask_pii'] - med['scan']) / n * 1e9:.0f} ns,"
+            f" sha256 {(med['sha256'] - med['scan']) / n * 1e9:.0f} ns, hmac {(med['hmac'] - med['scan']) / n * 1e9:.0f} ns")
+
+    # 2 -------------------------------------------------------------------
+    def drain_rate(self, url, n, concurrency, table="user_logins", cpu=None):
+        with self.conn(**{"fetch_etl.receive_concurrency": concurrency}) as c:
+            c.execute(f"DROP TABLE IF EXISTS {table}")
+            c.execute(TABLE_DDL.format(name=table))
+            pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
+            before = (cpu_seconds(pid), cpu_seconds(self.args.fauxqs_pid))
+            t = time.perf_counter()
+            row = c.execute("SELECT * FROM fetch_etl.sqs_drain(%s, max_messages => %s, visibility_timeout => 600,"
+                            " target_table => %s)", (url, n + 100, table)).fetchone()
+            elapsed = time.perf_counter() - t  # includes COMMIT and the deletes after it
+            if cpu is not None:
+                cpu.update(backend=cpu_seconds(pid) - before[0], fauxqs=cpu_seconds(self.args.fauxqs_pid) - before[1],
+                           wall=elapsed)
+        assert row[2] == n, row
+        left = self.emu.depth(url)
+        assert left == 0, f"{left} messages left"
+        return n / elapsed
+
+    def end_to_end(self):
+        n, conc = self.args.drain_messages, self.args.concurrency
+        bodies = login_bodies(n, seed=1)
+        log(f"seeding 3 queues with {n:,} messages each")
+        q_drain, q_python, q_ceiling = (self.emu.queue(bodies) for _ in range(3))
+        cpu = {}
+        ours = self.drain_rate(q_drain, n, conc, cpu=cpu)
+        log(f"drain: {cpu['wall']:.2f} s wall, CPU: backend {cpu['backend']:.2f} s, fauxqs {cpu['fauxqs']:.2f} s")
+        with psycopg.connect(self.dsn, autocommit=True) as c:
+            c.execute("DROP TABLE IF EXISTS user_logins_python")
+            c.execute(TABLE_DDL.format(name="user_logins_python"))
+        out = subprocess.run([sys.executable, str(REPO / "benches" / "seed_loader.py"), "--endpoint", self.emu.endpoint,
+                              "--queue-url", q_python, "--dsn", self.dsn, "--table", "user_logins_python"],
+                             check=True, capture_output=True, text=True).stdout
+        py = json.loads(out)
+        assert py["messages"] == n, py
+        py_rate = py["messages"] / py["seconds"]
+        fq0, ch0 = cpu_seconds(self.args.fauxqs_pid), os.times()
+        out = subprocess.run([self.args.ceiling, "--queue-url", q_ceiling, "--endpoint", self.emu.endpoint,
+                              "--concurrency", str(conc)], check=True, capture_output=True, text=True).stdout
+        fq1, ch1 = cpu_seconds(self.args.fauxqs_pid), os.times()
+        ceil = json.loads(out)
+        log(f"ceiling: {ceil['seconds']:.2f} s wall, CPU: client {ch1.children_user + ch1.children_system - ch0.children_user - ch0.children_system:.2f} s,"
+            f" fauxqs {fq1 - fq0:.2f} s")
+        assert ceil["messages"] == n, ceil
+        ceil_rate = ceil["messages"] / ceil["seconds"]
+        rate = lambda r: f"{r:,.0f} msg/s"  # noqa: E731
+        self.record(f"2a. sqs_drain vs seed-style Python loader, {n:,} msgs (fauxqs)", rate(ours), rate(py_rate),
+                    ours / py_rate, ">= 20", ours >= 20 * py_rate)
+        self.record(f"2b. sqs_drain vs ceiling (receive+delete, no DB), {conc} in flight", rate(ours),
+                    rate(ceil_rate), ours / ceil_rate, ">= 0.80", ours >= 0.8 * ceil_rate)
+
+    # 3 -------------------------------------------------------------------
+    def latency(self):
+        m, delay = self.args.latency_messages, self.args.delay_ms
+        proxy = subprocess.Popen([sys.executable, str(REPO / "benches" / "latency_proxy.py"),
+                                  "--listen", str(self.args.proxy_port), "--upstream", str(self.args.fauxqs_port),
+                                  "--delay-ms", str(delay)])
+        try:
+            time.sleep(0.5)
+            real_endpoint = self.emu.endpoint
+            rates = {}
+            for c in (1, 4, 8, 16):
+                url = self.emu.queue(login_bodies(m, seed=10 + c))
+                self.emu.endpoint = f"http://127.0.0.1:{self.args.proxy_port}"  # fetch_etl goes through the proxy
+                try:
+                    rates[c] = self.drain_rate(url, m, c)
+                finally:
+                    self.emu.endpoint = real_endpoint
+                log(f"{delay:.0f} ms per request, {c:2} in flight: {rates[c]:,.0f} msg/s")
+        finally:
+            proxy.terminate()
+            proxy.wait()
+        for c in (4, 8, 16):
+            eff = rates[c] / (c * rates[1])
+            self.record(f"3. {c:2} receives in flight vs 1, {delay:.0f} ms latency (efficiency vs linear)",
+                        f"{rates[c]:,.0f} msg/s", f"{rates[1]:,.0f} msg/s x {c}", eff, ">= 0.80", eff >= 0.8)
+
+    # 4 -------------------------------------------------------------------
+    def memory(self):
+        """Private memory of the backend (anonymous RSS, sampled every 10 ms
+        during the drain). VmHWM is not used: it counts the shared buffers the
+        backend touched, which are not its memory."""
+        n = self.args.memory_messages
+        url = self.emu.queue(login_bodies(n, seed=3))
+        with self.conn() as c:
+            pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
+            c.execute("DROP TABLE IF EXISTS user_logins_mem")
+            c.execute(TABLE_DDL.format(name="user_logins_mem"))
+            c.execute("SELECT fetch_etl.mask_pii('warm up')")  # the key cache, not the drain's growth
+            before = status_kb(pid, "RssAnon")
+            peak = [before]
+            done = threading.Event()
+
+            def sample():
+                while not done.is_set():
+                    peak[0] = max(peak[0], status_kb(pid, "RssAnon"))
+                    time.sleep(0.01)
+
+            sampler = threading.Thread(target=sample)
+            sampler.start()
+            try:
+                row = c.execute("SELECT * FROM fetch_etl.sqs_drain(%s, max_messages => %s, visibility_timeout => 600,"
+                                " target_table => 'user_logins_mem')", (url, n + 100)).fetchone()
+            finally:
+                done.set()
+                sampler.join()
+            assert row[2] == n, row
+            contexts = c.execute("SELECT pg_size_pretty(sum(total_bytes)) FROM pg_backend_memory_contexts").fetchone()[0]
+        growth_mb = (peak[0] - before) / 1024
+        log(f"RssAnon {before / 1024:.1f} MB before, {peak[0] / 1024:.1f} MB at peak; memory contexts after: {contexts}")
+        self.record(f"4. backend private memory growth, one drain of {n:,} msgs", f"{growth_mb:.1f} MB", "64 MB",
+                    growth_mb / 64, "< 1.0", growth_mb < 64)
+
+    # 5 -------------------------------------------------------------------
+    def in_db_vs_copy(self):
+        n = self.args.store_rows
+        copy_file = Path(self.args.pghost) / "bench_rows.copy"
+        with psycopg.connect(self.dsn, autocommit=True) as c:
+            c.execute("CREATE OR REPLACE FUNCTION public.bench_store(text[], text) RETURNS bigint"
+                      " LANGUAGE c AS '$libdir/fetch_etl', 'bench_store_wrapper'")
+            c.execute("DROP TABLE IF EXISTS bench_bodies, user_logins_store, user_logins_copy")
+            c.execute("CREATE TABLE bench_bodies (body text)")
+            with c.cursor().copy("COPY bench_bodies FROM STDIN") as cp:
+                for b in login_bodies(n, seed=5):
+                    cp.write_row((b,))
+            c.execute(TABLE_DDL.format(name="user_logins_store"))
+            c.execute(TABLE_DDL.format(name="user_logins_copy"))
+            notices = []
+            c.add_notice_handler(lambda d: notices.append(d.message_primary))
+            # time the store alone, inside the server, after the array is built
+            c.execute("""DO $$ DECLARE a text[]; t timestamptz; loaded bigint; BEGIN
+                SELECT array_agg(body) INTO a FROM bench_bodies;
+                t := clock_timestamp();
+                loaded := public.bench_store(a, 'user_logins_store');
+                RAISE NOTICE 'store % %', loaded, extract(epoch FROM clock_timestamp() - t); END $$""")
+            loaded, store_s = notices[-1].split()[1:]
+            assert int(loaded) == n, loaded
+            store_s = float(store_s)
+            c.execute(f"COPY user_logins_store TO '{copy_file}'")
+            t = time.perf_counter()
+            c.execute(f"COPY user_logins_copy FROM '{copy_file}'")
+            copy_s = time.perf_counter() - t
+            os.unlink(copy_file)
+            c.execute("DROP FUNCTION public.bench_store(text[], text)")
+        rate = lambda s: f"{n / s:,.0f} rows/s"  # noqa: E731
+        self.record(f"5. in-DB part (ledger, validate, mask, insert, vault) vs COPY, {n:,} rows", rate(store_s),
+                    rate(copy_s), copy_s / store_s, ">= 0.50", copy_s / store_s >= 0.5)
+
+    def table(self):
+        head = ("benchmark", "fetch_etl", "baseline", "ratio", "target", "met")
+        widths = [max(len(str(r[i])) for r in [head] + self.rows) for i in range(6)]
+        line = lambda r: "| " + " | ".join(str(v).ljust(w) for v, w in zip(r, widths)) + " |"  # noqa: E731
+        out = [line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+        out += [line(r) for r in self.rows]
+        return "\n".join(out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--pghost", required=True)
+    ap.add_argument("--pgport", required=True)
+    ap.add_argument("--db", default="bench")
+    ap.add_argument("--fauxqs-port", type=int, required=True)
+    ap.add_argument("--proxy-port", type=int, required=True)
+    ap.add_argument("--ceiling", required=True, help="path of the sqs_ceiling binary")
+    ap.add_argument("--fauxqs-pid", type=int, required=True, help="for CPU accounting")
+    ap.add_argument("--output", help="write the table here (markdown)")
+    ap.add_argument("--quick", action="store_true", help="smaller sizes, for trying the script")
+    ap.add_argument("--only", help="comma-separated: masking,end_to_end,latency,memory,in_db_vs_copy")
+    args = ap.parse_args()
+    q = args.quick
+    args.rounds = 3 if q else 5
+    args.mask_rows = 200_000 if q else 1_000_000
+    args.drain_messages = 2_000 if q else 20_000
+    args.concurrency = 8
+    args.latency_messages = 300 if q else 2_000
+    args.delay_ms = 20.0
+    args.memory_messages = 5_000 if q else 50_000
+    args.store_rows = 10_000 if q else 100_000
+
+    b = Bench(args)
+    steps = ["masking", "end_to_end", "latency", "memory", "in_db_vs_copy"]
+    if args.only:
+        steps = [s for s in steps if s in args.only.split(",")]
+    for step in steps:
+        log(f"--- {step}")
+        t = time.perf_counter()
+        getattr(b, step)()
+        log(f"    ({time.perf_counter() - t:.0f} s)")
+    table = b.table()
+    print(table)
+    if args.output:
+        Path(args.output).write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
