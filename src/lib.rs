@@ -158,6 +158,14 @@ fn replay_dead_letters(
     TableIterator::once((r.replayed, r.loaded, r.rejected))
 }
 
+/// Benchmark hook (see `scripts/bench`): the in-database part of a drain on
+/// message bodies given as an array. Not in the extension's SQL (sql = false);
+/// the benchmark declares it in its own database.
+#[pg_extern(sql = false)]
+fn bench_store(bodies: Vec<String>, target_table: &str) -> i64 {
+    drain::bench_store(bodies, target_table)
+}
+
 /// Statement trigger on fetch_etl.mask_keys: invalidates cached keys.
 #[pg_trigger]
 fn mask_keys_changed<'a>(
