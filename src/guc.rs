@@ -20,7 +20,7 @@ pub static SQS_ENDPOINT_URL: GucSetting<Option<CString>> = GucSetting::<Option<C
 pub static SQS_PROTOCOL: GucSetting<SqsProtocol> =
     GucSetting::<SqsProtocol>::new(SqsProtocol::Auto);
 pub static RECEIVE_CONCURRENCY: GucSetting<i32> = GucSetting::<i32>::new(8);
-pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(500);
+pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(100);
 pub static MAX_BODY_BYTES: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024);
 pub static HTTP_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 pub static HTTP_MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(5);
