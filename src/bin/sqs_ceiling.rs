@@ -14,9 +14,21 @@
 use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
 
-use fetch_etl::sqs::client::{http_client, ClientConfig, ProtocolChoice};
-use fetch_etl::sqs::{Client, Credentials, QueueRef};
 use futures_util::future::join_all;
+
+// The pure SQS client, compiled into this binary from the same sources rather
+// than through the fetch_etl library, which links pgrx (and through it
+// PostgreSQL's symbols). That lets scripts/bench build it with cargo pgrx's
+// rustflags and reuse the extension's release dependencies.
+#[allow(dead_code)]
+#[path = "../errors.rs"]
+mod errors;
+#[allow(dead_code, unused_imports)]
+#[path = "../sqs/mod.rs"]
+mod sqs;
+
+use sqs::client::{http_client, ClientConfig, ProtocolChoice};
+use sqs::{Client, Credentials, QueueRef};
 
 fn arg(name: &str) -> String {
     let args: Vec<String> = std::env::args().collect();
