@@ -2,7 +2,7 @@
 solved outside the database. One process: boto3 ReceiveMessage (10 at a
 time), for each message parse, mask ip and device_id with unsalted SHA-256,
 INSERT one row with psycopg (committed), DeleteMessage. Until the queue is
-empty. Prints {"messages": N, "seconds": S}.
+empty, or --max-messages have been loaded. Prints {"messages": N, "seconds": S}.
 """
 import argparse
 import hashlib
@@ -26,6 +26,7 @@ def main() -> None:
     ap.add_argument("--queue-url", required=True)
     ap.add_argument("--dsn", required=True)
     ap.add_argument("--table", required=True)
+    ap.add_argument("--max-messages", type=int, help="stop after this many (its rate per message is steady)")
     args = ap.parse_args()
     sqs = boto3.client("sqs", endpoint_url=args.endpoint, region_name="us-east-1",
                        aws_access_key_id="test", aws_secret_access_key="test")
@@ -33,13 +34,15 @@ def main() -> None:
     sha = lambda v: None if v is None else hashlib.sha256(v.encode()).hexdigest()  # noqa: E731
     count = 0
     start = time.perf_counter()
-    while True:
+    while args.max_messages is None or count < args.max_messages:
         resp = sqs.receive_message(QueueUrl=args.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0,
                                    MessageSystemAttributeNames=["SentTimestamp"])
         msgs = resp.get("Messages", [])
         if not msgs:
             break
         for m in msgs:
+            if args.max_messages is not None and count >= args.max_messages:
+                break
             rec = json.loads(m["Body"])
             if "user_id" in rec:
                 conn.execute(
