@@ -45,6 +45,13 @@ def encode_version(v):
     return parts[0] * 10000 + parts[1] * 100 + parts[2]
 
 
+def user_logins_rows(conn):
+    """Rows in user_logins, 0 while the drain has not created it yet."""
+    if conn.execute("SELECT to_regclass('user_logins')").fetchone()[0] is None:
+        return 0
+    return conn.execute("SELECT count(*) FROM user_logins").fetchone()[0]
+
+
 def active_key(conn):
     return bytes(
         conn.execute(
@@ -554,9 +561,7 @@ def test_sqs_drain_for_commits_as_it_goes(db, aws_key, sqs):
     t.start()
     with connect(db) as watcher:
         def rows():
-            if watcher.execute("SELECT to_regclass('user_logins')").fetchone()[0] is None:
-                return 0
-            return watcher.execute("SELECT count(*) FROM user_logins").fetchone()[0]
+            return user_logins_rows(watcher)
 
         while rows() < 1 and time.monotonic() - start < 5:
             time.sleep(0.1)
@@ -621,9 +626,7 @@ def test_pg_cron_job_loads_messages_sent_after_it_was_scheduled(db, aws_key, sqs
         )
         with connect(db) as c:
             def rows():
-                if c.execute("SELECT to_regclass('user_logins')").fetchone()[0] is None:
-                    return 0
-                return c.execute("SELECT count(*) FROM user_logins").fetchone()[0]
+                return user_logins_rows(c)
 
             deadline = time.monotonic() + 75
             while rows() < 5 and time.monotonic() < deadline:
