@@ -10,6 +10,7 @@ Started by scripts/bench, which provides the cluster, fauxqs and the tools.
   5. the in-database part alone vs COPY of the same final rows
 """
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -237,6 +238,17 @@ class Bench:
         log(f"2c: vs the deferred-delete ceiling {ours / ceil_after:.2f}")
 
     # 3 -------------------------------------------------------------------
+    @contextlib.contextmanager
+    def through_proxy(self):
+        """fetch_etl (and the ceiling client) talk to the latency proxy; the
+        seeding and depth checks keep going to fauxqs directly."""
+        real_endpoint = self.emu.endpoint
+        self.emu.endpoint = f"http://127.0.0.1:{self.args.proxy_port}"
+        try:
+            yield
+        finally:
+            self.emu.endpoint = real_endpoint
+
     def latency(self):
         m, delay = self.args.latency_messages, self.args.delay_ms
         proxy = subprocess.Popen([sys.executable, str(REPO / "benches" / "latency_proxy.py"),
@@ -244,29 +256,22 @@ class Bench:
                                   "--delay-ms", str(delay)])
         try:
             time.sleep(0.5)
-            real_endpoint = self.emu.endpoint
             samples = {c: [] for c in (1, 4, 8, 16)}
             busy = {c: [] for c in samples}  # CPU seconds of backend + fauxqs + proxy per wall second
             for r in range(self.args.latency_rounds):
                 for c in samples:
                     url = self.emu.queue(login_bodies(m, seed=100 * r + c))
-                    self.emu.endpoint = f"http://127.0.0.1:{self.args.proxy_port}"  # fetch_etl goes through the proxy
-                    try:
-                        cpu, p0 = {}, cpu_seconds(proxy.pid)
+                    cpu, p0 = {}, cpu_seconds(proxy.pid)
+                    with self.through_proxy():
                         samples[c].append(self.drain_rate(url, m, c, cpu=cpu))
-                        busy[c].append((cpu["backend"] + cpu["fauxqs"] + cpu_seconds(proxy.pid) - p0) / cpu["wall"])
-                    finally:
-                        self.emu.endpoint = real_endpoint
+                    busy[c].append((cpu["backend"] + cpu["fauxqs"] + cpu_seconds(proxy.pid) - p0) / cpu["wall"])
             # Context: the ceiling client (no database) through the same proxy,
             # deleting after receiving everything as a drain does.
             ceiling = {}
             for c in (1, 16):
                 url = self.emu.queue(login_bodies(m, seed=999 + c))
-                self.emu.endpoint = f"http://127.0.0.1:{self.args.proxy_port}"
-                try:
+                with self.through_proxy():
                     ceiling[c] = self.ceiling_rate(url, c, delete_after=True)
-                finally:
-                    self.emu.endpoint = real_endpoint
             rates = {c: statistics.median(v) for c, v in samples.items()}
             for c, v in samples.items():
                 log(f"{delay:.0f} ms per request, {c:2} in flight: " + ", ".join(f"{x:,.0f}" for x in v) + " msg/s;"
