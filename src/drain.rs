@@ -176,11 +176,11 @@ struct Ctx<'a> {
     run_id: i64,
 }
 
-/// Receives through the pump (`sqs::pump`, a task on the backend's runtime) and stores what
-/// it brings, `fetch_etl.batch_size` messages at a time, while the pump keeps
-/// `fetch_etl.receive_concurrency` calls in flight. Returns the number of
-/// calls, the error that stopped receiving early, and the time from `started`
-/// until the last message was stored.
+/// Receives through the pump (`sqs::pump`, a task on the backend's runtime)
+/// and stores what it brings, `fetch_etl.batch_size` messages at a time,
+/// while the pump keeps `fetch_etl.receive_concurrency` calls in flight.
+/// Returns the number of calls, the error that stopped receiving early, and
+/// the time from `started` until the last message was stored.
 fn receive_loop(
     ctx: &Ctx<'_>,
     args: &Args<'_>,
