@@ -14,6 +14,7 @@ COPY scripts/ scripts/
 RUN scripts/setup --build-only
 # Extension layer.
 COPY Cargo.toml Cargo.lock fetch_etl.control ./
+COPY crates/ crates/
 COPY src/ src/
 COPY sql/ sql/
 RUN scripts/package --out-dir /out

@@ -141,7 +141,7 @@ COMMENT ON FUNCTION fetch_etl.replay_dead_letters(text, text, text, integer) IS
 
 -- Secure by default: nothing here is callable by PUBLIC. mask_pii answers
 -- "what is the mask of X?", which lets a caller test guesses, so it is
--- granted on purpose (README: Privileges).
+-- granted on purpose (docs/security.md: Privileges).
 REVOKE ALL ON FUNCTION fetch_etl.mask_pii(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION fetch_etl.unmask(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION fetch_etl.mask_and_vault(text) FROM PUBLIC;

@@ -21,72 +21,71 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use tokio::sync::mpsc;
 
-use crate::errors::{Classified, ErrorKind};
-use crate::pgerr::raise;
-use crate::pgutil::{as_owner, describe, extension_owner, in_subxact, is_interrupt};
-use crate::sqs::pump::{pump, PumpConfig, PumpEvent};
-use crate::sqs::{Client, Message, SqsError};
-use crate::store::Loader;
-use crate::{aws, deletes, guc, runtime};
+use fetch_etl_core::contract::{OnError, RunStatus};
+use fetch_etl_core::error::{Classified, ErrorKind};
+use fetch_etl_core::sqs::pump::{pump, PumpConfig, PumpEvent};
+use fetch_etl_core::sqs::queue_url::for_message;
+use fetch_etl_core::sqs::{Client, Message, SqsError};
+
+use crate::postgres::error::{raise, OrRaise};
+use crate::postgres::runs::{self, RunCounts, RunRequest};
+use crate::postgres::spi::{extension_owner, in_subxact};
+use crate::postgres::store::Store;
+use crate::postgres::{aws, deletes, runtime, settings};
 
 /// `pg_try_advisory_xact_lock(LOCK_CLASS, hashtext(queue_url))` guards a queue
 /// (0x66657463, "fetc"; visible in pg_locks as classid/objid).
-pub const LOCK_CLASS: i32 = 0x6665_7463;
+const LOCK_CLASS: i32 = 0x6665_7463;
 
 /// What a call returns; `run_id` is None when the call was skipped.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Summary {
-    pub run_id: Option<i64>,
-    pub received: i64,
-    pub loaded: i64,
-    pub rejected: i64,
-    pub duplicates: i64,
+pub(crate) struct Summary {
+    pub(crate) run_id: Option<i64>,
+    pub(crate) received: i64,
+    pub(crate) loaded: i64,
+    pub(crate) rejected: i64,
+    pub(crate) duplicates: i64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnError {
-    /// Raise: the transaction rolls back, nothing is recorded.
-    Raise,
-    /// Roll back the drain's work, record the run as failed, warn, return.
-    Record,
+pub(crate) struct Args<'a> {
+    pub(crate) queue_url: &'a str,
+    pub(crate) max_messages: i32,
+    pub(crate) wait_seconds: i32,
+    pub(crate) target_table: &'a str,
+    pub(crate) visibility_timeout: Option<i32>,
+    pub(crate) on_error: OnError,
 }
 
-pub struct Args<'a> {
-    pub queue_url: &'a str,
-    pub max_messages: i32,
-    pub wait_seconds: i32,
-    pub target_table: &'a str,
-    pub visibility_timeout: Option<i32>,
-    pub on_error: OnError,
-}
-
-pub fn drain(args: Args<'_>) -> Summary {
-    if args.max_messages < 1 {
-        raise(
-            ErrorKind::InvalidParameter,
-            "max_messages must be at least 1",
-        );
-    }
-    if !(0..=20).contains(&args.wait_seconds) {
-        raise(
-            ErrorKind::InvalidParameter,
-            "wait_seconds must be between 0 and 20",
-        );
-    }
-    if let Some(v) = args.visibility_timeout {
-        if !(0..=43_200).contains(&v) {
-            raise(
-                ErrorKind::InvalidParameter,
-                "visibility_timeout must be between 0 and 43200 seconds",
-            );
+impl Args<'_> {
+    /// The run record's request, naming the target as given or as resolved.
+    fn request<'a>(&'a self, target: &'a str) -> RunRequest<'a> {
+        RunRequest {
+            queue_url: self.queue_url,
+            target_table: target,
+            max_messages: self.max_messages,
+            wait_seconds: self.wait_seconds,
         }
     }
+}
+
+pub(crate) fn drain(args: Args<'_>) -> Summary {
+    fetch_etl_core::args::check_drain(
+        args.max_messages,
+        args.wait_seconds,
+        args.visibility_timeout,
+    )
+    .or_raise();
     let owner = extension_owner();
     if !lock_queue(args.queue_url) {
-        let run_id = record_run(owner, &args, "skipped", None);
+        let run_id = runs::record(
+            owner,
+            &args.request(args.target_table),
+            RunStatus::Skipped,
+            None,
+        );
         pgrx::notice!(
             "fetch_etl: another session is draining {}; this call (run {run_id}) did nothing",
-            crate::sqs::queue_url::for_message(args.queue_url)
+            for_message(args.queue_url)
         );
         return Summary::default();
     }
@@ -94,10 +93,15 @@ pub fn drain(args: Args<'_>) -> Summary {
         OnError::Raise => run(&args, owner),
         OnError::Record => match in_subxact(AssertUnwindSafe(|| run(&args, owner))) {
             Ok(s) => s,
-            Err(e) if is_interrupt(&e) => (*e).rethrow(),
+            Err(e) if e.is_interrupt() => e.rethrow(),
             Err(e) => {
-                let why = describe(&e);
-                let run_id = record_run(owner, &args, "failed", Some(&why));
+                let why = e.describe();
+                let run_id = runs::record(
+                    owner,
+                    &args.request(args.target_table),
+                    RunStatus::Failed,
+                    Some(&why),
+                );
                 pgrx::warning!("fetch_etl: drain run {run_id} failed and was rolled back: {why}");
                 Summary {
                     run_id: Some(run_id),
@@ -123,10 +127,10 @@ fn run(args: &Args<'_>, owner: pg_sys::Oid) -> Summary {
     let started = Instant::now();
     check_encoding();
     let client = aws::client_for(args.queue_url);
-    let loader = Loader::new(args.target_table);
-    let run_id = start_run(owner, args, &loader.target.sql_name);
-    let ctx = Ctx {
-        loader,
+    let store = Store::open(args.target_table, settings::max_body_bytes());
+    let run_id = runs::start(owner, &args.request(store.target_name()));
+    let mut ctx = Ctx {
+        store,
         client: client.clone(),
         queue_url: args.queue_url,
         run_id,
@@ -136,20 +140,22 @@ fn run(args: &Args<'_>, owner: pg_sys::Oid) -> Summary {
         run_id: Some(run_id),
         ..Summary::default()
     };
-    let (calls, stop_error, active) = receive_loop(&ctx, args, &mut summary, started);
+    let (calls, stop_error, active) = receive_loop(&mut ctx, args, &mut summary, started);
 
     aws::remember_protocol(&client);
     let error = stop_error.map(|e| client.redact(&e.to_string()));
-    finish_run(
-        owner,
-        &summary,
-        calls,
-        active.as_secs_f64(),
-        &client,
-        error.as_deref(),
-    );
+    let counts = RunCounts {
+        received: summary.received,
+        loaded: summary.loaded,
+        rejected: summary.rejected,
+        duplicates: summary.duplicates,
+        receive_calls: calls,
+        active_seconds: active.as_secs_f64(),
+    };
+    let protocol = client.protocol().map(|p| p.as_str());
+    runs::finish(owner, run_id, &counts, protocol, error.as_deref());
     let secs = started.elapsed().as_secs_f64();
-    let queue = crate::sqs::queue_url::for_message(args.queue_url);
+    let queue = for_message(args.queue_url);
     if let Some(e) = &error {
         pgrx::warning!(
             "fetch_etl: drain run {run_id} stopped early after {} messages: {e}; what was received is stored",
@@ -170,7 +176,7 @@ fn run(args: &Args<'_>, owner: pg_sys::Oid) -> Summary {
 }
 
 struct Ctx<'a> {
-    loader: Loader,
+    store: Store,
     client: Arc<Client>,
     queue_url: &'a str,
     run_id: i64,
@@ -182,15 +188,15 @@ struct Ctx<'a> {
 /// Returns the number of calls, the error that stopped receiving early, and
 /// the time from `started` until the last message was stored.
 fn receive_loop(
-    ctx: &Ctx<'_>,
+    ctx: &mut Ctx<'_>,
     args: &Args<'_>,
     summary: &mut Summary,
     started: Instant,
 ) -> (i32, Option<SqsError>, std::time::Duration) {
-    let batch_size = guc::BATCH_SIZE.get().max(10) as usize;
+    let batch_size = settings::batch_size();
     let cfg = PumpConfig {
         max_messages: args.max_messages as u64,
-        concurrency: guc::RECEIVE_CONCURRENCY.get().clamp(1, 64) as usize,
+        concurrency: settings::receive_concurrency(),
         wait_seconds: args.wait_seconds as u32,
         visibility_timeout: args.visibility_timeout.map(|v| v as u32),
     };
@@ -223,20 +229,20 @@ fn receive_loop(
         last_stored = started.elapsed();
     }
     let flushing = Instant::now();
-    Spi::connect_mut(|client| ctx.loader.flush_vault(client));
+    Spi::connect_mut(|client| ctx.store.flush_vault(client));
     (stats.calls as i32, stop, last_stored + flushing.elapsed())
 }
 
-fn store_batch(ctx: &Ctx<'_>, msgs: Vec<Message>, summary: &mut Summary) {
+fn store_batch(ctx: &mut Ctx<'_>, msgs: Vec<Message>, summary: &mut Summary) {
     let handles: Vec<String> = msgs.iter().map(|m| m.receipt_handle.clone()).collect();
-    store_messages(&ctx.loader, ctx.run_id, ctx.queue_url, &msgs, summary);
+    store_messages(&mut ctx.store, ctx.run_id, ctx.queue_url, &msgs, summary);
     deletes::after_commit(ctx.client.clone(), handles);
 }
 
 /// Stores received messages: ledger, validation, masking, inserts, vault,
 /// dead letters. Deleting them from SQS is the caller's business.
 fn store_messages(
-    loader: &Loader,
+    store: &mut Store,
     run_id: i64,
     queue_url: &str,
     msgs: &[Message],
@@ -255,10 +261,7 @@ fn store_messages(
     }
     Spi::connect_mut(|client| {
         let ids: Vec<&str> = unique.iter().map(|m| m.message_id.as_str()).collect();
-        let new_ids: HashSet<String> = loader
-            .record_ids(client, &ids, run_id)
-            .into_iter()
-            .collect();
+        let new_ids: HashSet<String> = store.record_ids(client, &ids, run_id).into_iter().collect();
         let fresh: Vec<&Message> = unique
             .iter()
             .copied()
@@ -266,21 +269,21 @@ fn store_messages(
             .collect();
         summary.duplicates += (unique.len() - fresh.len()) as i64;
 
-        let outcome = loader.load(client, &fresh);
+        let outcome = store.load(client, &fresh);
         summary.loaded += outcome.loaded.len() as i64;
         summary.rejected += outcome.refused.len() as i64;
-        loader.insert_dead_letters(client, run_id, queue_url, &fresh, &outcome.refused);
+        store.insert_dead_letters(client, run_id, queue_url, &fresh, &outcome.refused);
     });
 }
 
 /// The in-database part of a drain alone, for scripts/bench: stores `bodies`
 /// as if just received (fresh message ids, sent now), in batches of
-/// fetch_etl.batch_size, and returns how many rows were loaded. Not part of
-/// the SQL API: the benchmark declares it in its own database.
-pub fn bench_store(bodies: Vec<String>, target_table: &str) -> i64 {
-    let loader = Loader::new(target_table);
-    let batch = guc::BATCH_SIZE.get().max(10) as usize;
-    let tag = crate::pgutil::now_ms();
+/// fetch_etl.batch_size, and returns how many rows were loaded.
+#[cfg(feature = "bench-tools")]
+pub(crate) fn bench_store(bodies: Vec<String>, target_table: &str) -> i64 {
+    let mut store = Store::open(target_table, settings::max_body_bytes());
+    let batch = settings::batch_size();
+    let tag = fetch_etl_core::time::now_ms();
     let mut summary = Summary::default();
     for (k, chunk) in bodies.chunks(batch).enumerate() {
         let msgs: Vec<Message> = chunk
@@ -294,95 +297,10 @@ pub fn bench_store(bodies: Vec<String>, target_table: &str) -> i64 {
                 receive_count: Some(1),
             })
             .collect();
-        store_messages(&loader, -1, "bench", &msgs, &mut summary);
+        store_messages(&mut store, -1, "bench", &msgs, &mut summary);
     }
-    Spi::connect_mut(|client| loader.flush_vault(client));
+    Spi::connect_mut(|client| store.flush_vault(client));
     summary.loaded
-}
-
-fn start_run(owner: pg_sys::Oid, args: &Args<'_>, target: &str) -> i64 {
-    Spi::connect_mut(|client| {
-        as_owner(owner, || {
-            client
-                .update(
-                    "INSERT INTO fetch_etl.drain_runs (queue_url, target_table, max_messages, wait_seconds) \
-                     VALUES ($1, $2, $3, $4) RETURNING run_id",
-                    None,
-                    &[args.queue_url.into(), target.into(), args.max_messages.into(), args.wait_seconds.into()],
-                )
-                .and_then(|t| t.first().get_one::<i64>())
-        })
-    })
-    .ok()
-    .flatten()
-    .unwrap_or_else(|| raise(ErrorKind::Internal, "could not record the drain run"))
-}
-
-/// A run that did no work: skipped (queue busy) or failed (rolled back).
-fn record_run(owner: pg_sys::Oid, args: &Args<'_>, status: &str, error: Option<&str>) -> i64 {
-    Spi::connect_mut(|client| {
-        as_owner(owner, || {
-            client
-                .update(
-                    "INSERT INTO fetch_etl.drain_runs \
-                       (queue_url, target_table, max_messages, wait_seconds, finished_at, status, error) \
-                     VALUES ($1, $2, $3, $4, pg_catalog.clock_timestamp(), $5, $6) RETURNING run_id",
-                    None,
-                    &[
-                        args.queue_url.into(),
-                        args.target_table.into(),
-                        args.max_messages.into(),
-                        args.wait_seconds.into(),
-                        status.into(),
-                        error.map(str::to_string).into(),
-                    ],
-                )
-                .and_then(|t| t.first().get_one::<i64>())
-        })
-    })
-    .ok()
-    .flatten()
-    .unwrap_or_else(|| raise(ErrorKind::Internal, "could not record the drain run"))
-}
-
-fn finish_run(
-    owner: pg_sys::Oid,
-    s: &Summary,
-    calls: i32,
-    active_seconds: f64,
-    client: &Client,
-    error: Option<&str>,
-) {
-    Spi::connect_mut(|spi| {
-        as_owner(owner, || {
-            spi.update(
-                "UPDATE fetch_etl.drain_runs SET finished_at = pg_catalog.clock_timestamp(), \
-                   status = CASE WHEN $7::pg_catalog.text IS NULL THEN 'ok' ELSE 'partial' END, \
-                   received = $2, loaded = $3, rejected = $4, duplicates = $5, receive_calls = $6, \
-                   error = $7, protocol = $8, active_seconds = $9 \
-                 WHERE run_id = $1",
-                None,
-                &[
-                    s.run_id.into(),
-                    s.received.into(),
-                    s.loaded.into(),
-                    s.rejected.into(),
-                    s.duplicates.into(),
-                    calls.into(),
-                    error.map(str::to_string).into(),
-                    client.protocol().map(|p| p.as_str().to_string()).into(),
-                    active_seconds.into(),
-                ],
-            )
-            .map(|_| ())
-        })
-    })
-    .unwrap_or_else(|e| {
-        raise(
-            ErrorKind::Internal,
-            format!("could not record the drain run: {e}"),
-        )
-    });
 }
 
 /// sqs_drain stores the UTF-8 text SQS delivers: the database must be UTF8
@@ -399,7 +317,7 @@ fn check_encoding() {
 }
 
 /// GetQueueAttributes: (visible, in flight, delayed) messages.
-pub fn queue_depth(queue_url: &str) -> (i64, i64, i64) {
+pub(crate) fn queue_depth(queue_url: &str) -> (i64, i64, i64) {
     let client = aws::client_for(queue_url);
     let names = [
         "ApproximateNumberOfMessages",
@@ -422,14 +340,14 @@ pub fn queue_depth(queue_url: &str) -> (i64, i64, i64) {
 #[pg_schema]
 mod tests {
     use super::*;
-    use crate::sqs::client::ClientConfig;
-    use crate::sqs::{Credentials, QueueRef};
+    use fetch_etl_core::sqs::{ClientConfig, Credentials, QueueRef};
+    use fetch_etl_core::target::AppVersionArray;
 
     #[pg_test]
     fn target_is_created_with_the_exercise_ddl() {
-        let t = crate::target::resolve("pgtest_logins");
+        let t = crate::postgres::target::resolve("pgtest_logins");
         assert_eq!(t.sql_name, "public.pgtest_logins");
-        assert!(t.app_version_is_int);
+        assert_eq!(t.app_version, AppVersionArray::Int8);
         assert_eq!(t.limits.user_id_chars, Some(128));
         assert_eq!(t.limits.device_type_chars, Some(32));
         let cols = Spi::get_one::<String>(
@@ -460,7 +378,7 @@ mod tests {
             session_token: None,
         };
         let client = Arc::new(Client::new(
-            runtime::http().unwrap(),
+            runtime::transport().unwrap(),
             ClientConfig::default(),
             creds,
             "us-east-1".into(),

@@ -5,29 +5,28 @@
 
 use pgrx::prelude::*;
 
-use crate::errors::ErrorKind;
-use crate::pgerr::raise;
-use crate::pgutil::as_owner;
-use crate::sqs::Message;
-use crate::store::Loader;
+use fetch_etl_core::sqs::Message;
 
-pub struct Replayed {
-    pub replayed: i64,
-    pub loaded: i64,
-    pub rejected: i64,
+use crate::postgres::error::{OrRaise, SpiOrRaise};
+use crate::postgres::settings;
+use crate::postgres::spi::as_owner;
+use crate::postgres::store::Store;
+
+pub(crate) struct Replayed {
+    pub(crate) replayed: i64,
+    pub(crate) loaded: i64,
+    pub(crate) rejected: i64,
 }
 
-pub fn replay(
+pub(crate) fn replay(
     queue_url: Option<&str>,
     reason_code: Option<&str>,
     target_table: &str,
     max_rows: i32,
 ) -> Replayed {
-    if max_rows < 1 {
-        raise(ErrorKind::InvalidParameter, "max_rows must be at least 1");
-    }
-    let loader = Loader::new(target_table);
-    let owner = loader.owner;
+    fetch_etl_core::args::check_replay(max_rows).or_raise();
+    let mut store = Store::open(target_table, settings::max_body_bytes());
+    let owner = store.owner();
     Spi::connect_mut(|client| {
         // Lock the rows we take, skip rows another replay holds: each dead
         // letter is replayed by one session at a time.
@@ -44,7 +43,7 @@ pub fn replay(
                     None,
                     &[queue_url.map(str::to_string).into(), reason_code.map(str::to_string).into(), max_rows.into()],
                 )
-                .unwrap_or_else(|e| raise(ErrorKind::Internal, format!("dead letters: {e}")))
+                .or_raise_spi("dead letters")
                 .map(|row| {
                     let id = row.get::<i64>(1).ok().flatten().unwrap_or_default();
                     let text = |i| row.get::<String>(i).ok().flatten().unwrap_or_default();
@@ -60,12 +59,12 @@ pub fn replay(
                 .collect()
         });
         let msgs: Vec<&Message> = picked.iter().map(|(_, m)| m).collect();
-        let outcome = loader.load(client, &msgs);
-        loader.flush_vault(client);
+        let outcome = store.load(client, &msgs);
+        store.flush_vault(client);
         let loaded_ids: Vec<i64> = outcome.loaded.iter().map(|&i| picked[i].0).collect();
         let refused_ids: Vec<i64> = outcome.refused.iter().map(|r| picked[r.index].0).collect();
-        let codes: Vec<String> = outcome.refused.iter().map(|r| r.code.to_string()).collect();
-        let reasons: Vec<String> = outcome.refused.iter().map(|r| r.reason.clone()).collect();
+        let codes: Vec<&str> = outcome.refused.iter().map(|r| r.reason.as_str()).collect();
+        let reasons: Vec<&str> = outcome.refused.iter().map(|r| r.text.as_str()).collect();
         as_owner(owner, || {
             client
                 .update(
@@ -74,7 +73,7 @@ pub fn replay(
                     None,
                     &[loaded_ids.into()],
                 )
-                .unwrap_or_else(|e| raise(ErrorKind::Internal, format!("dead letters: {e}")));
+                .or_raise_spi("dead letters");
             client
                 .update(
                     "UPDATE fetch_etl.dead_letters d SET reason_code = t.c, reason = t.r \
@@ -84,7 +83,7 @@ pub fn replay(
                     None,
                     &[refused_ids.into(), codes.into(), reasons.into()],
                 )
-                .unwrap_or_else(|e| raise(ErrorKind::Internal, format!("dead letters: {e}")));
+                .or_raise_spi("dead letters");
         });
         Replayed {
             replayed: picked.len() as i64,

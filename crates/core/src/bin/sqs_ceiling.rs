@@ -3,7 +3,7 @@
 //! database) doing only ReceiveMessage + DeleteMessageBatch, at a given
 //! concurrency, with no database at all.
 //!
-//!   cargo build --release --features bench-tools --bin sqs_ceiling
+//!   cargo build --release -p fetch_etl_core --features bench-tools --bin sqs_ceiling
 //!   sqs_ceiling --queue-url URL --endpoint URL --concurrency N [--delete-after]
 //!
 //! --delete-after receives everything first and deletes afterwards, the way a
@@ -16,19 +16,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 
-// The pure SQS client, compiled into this binary from the same sources rather
-// than through the fetch_etl library, which links pgrx (and through it
-// PostgreSQL's symbols). That lets scripts/bench build it with cargo pgrx's
-// rustflags and reuse the extension's release dependencies.
-#[allow(dead_code)]
-#[path = "../errors.rs"]
-mod errors;
-#[allow(dead_code, unused_imports)]
-#[path = "../sqs/mod.rs"]
-mod sqs;
-
-use sqs::client::{http_client, ClientConfig, ProtocolChoice};
-use sqs::{Client, Credentials, QueueRef};
+use fetch_etl_core::sqs::transport::{http_client, HttpTransport};
+use fetch_etl_core::sqs::{Client, ClientConfig, Credentials, Protocol, QueueRef};
 
 fn arg(name: &str) -> String {
     let args: Vec<String> = std::env::args().collect();
@@ -83,9 +72,9 @@ fn main() {
         .expect("runtime");
     let _guard = rt.enter();
     let client = Client::new(
-        http_client(Duration::from_secs(5)).expect("HTTP client"),
+        HttpTransport::new(http_client(Duration::from_secs(5)).expect("HTTP client")),
         ClientConfig {
-            protocol: ProtocolChoice::Json,
+            protocol: Some(Protocol::Json),
             ..ClientConfig::default()
         },
         Credentials {

@@ -17,15 +17,17 @@
 use std::cell::{Cell, RefCell};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::stream::{self, StreamExt};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use crate::guc;
-use crate::runtime;
-use crate::sqs::Client;
+use fetch_etl_core::error::ErrorKind;
+use fetch_etl_core::sqs::Client;
+
+use super::error::raise_with_hint;
+use super::runtime;
+use super::settings;
 
 struct Pending {
     subxact: pg_sys::SubTransactionId,
@@ -40,7 +42,7 @@ thread_local! {
 }
 
 /// Queues `handles` for deletion when the current transaction commits.
-pub fn after_commit(client: Arc<Client>, handles: Vec<String>) {
+pub(crate) fn after_commit(client: Arc<Client>, handles: Vec<String>) {
     if handles.is_empty() {
         return;
     }
@@ -63,7 +65,7 @@ pub fn after_commit(client: Arc<Client>, handles: Vec<String>) {
 }
 
 /// Number of handles queued in this transaction (for tests and logging).
-pub fn pending_count() -> usize {
+pub(crate) fn pending_count() -> usize {
     PENDING.with(|p| p.borrow().iter().map(|x| x.handles.len()).sum())
 }
 
@@ -90,8 +92,8 @@ unsafe extern "C-unwind" fn xact_callback(
         }
         XACT_EVENT_PRE_PREPARE if pending_count() > 0 => {
             take_all();
-            crate::pgerr::raise_with_hint(
-                crate::errors::ErrorKind::NotInPrerequisiteState,
+            raise_with_hint(
+                ErrorKind::NotInPrerequisiteState,
                 "cannot PREPARE a transaction that ran fetch_etl.sqs_drain",
                 "Messages are deleted from SQS when the draining transaction commits; run the drain in an ordinary transaction.",
             );
@@ -121,8 +123,8 @@ unsafe extern "C-unwind" fn subxact_callback(
 /// Deletes everything in `pending`, within fetch_etl.delete_timeout; reports
 /// problems as a WARNING (never an ERROR).
 fn delete_now(pending: Vec<Pending>) {
-    let limit = Duration::from_millis(guc::DELETE_TIMEOUT_MS.get().max(100) as u64);
-    let concurrency = guc::RECEIVE_CONCURRENCY.get().clamp(1, 64) as usize;
+    let limit = settings::delete_timeout();
+    let concurrency = settings::receive_concurrency();
     let total: usize = pending.iter().map(|p| p.handles.len()).sum();
     // (client, up to 10 (entry id, receipt handle) pairs)
     type Chunk = (Arc<Client>, Vec<(String, String)>);
@@ -161,7 +163,8 @@ fn delete_now(pending: Vec<Pending>) {
             }
         }
         None => pgrx::warning!(
-            "fetch_etl: deleting {total} drained messages from SQS took longer than fetch_etl.delete_timeout ({} ms); messages not deleted will come back and be counted as duplicates",
+            "fetch_etl: deleting {total} drained messages from SQS took longer than {} ({} ms); messages not deleted will come back and be counted as duplicates",
+            fetch_etl_core::settings::DELETE_TIMEOUT.name_str(),
             limit.as_millis()
         ),
     }

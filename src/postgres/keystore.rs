@@ -19,9 +19,10 @@ use std::ffi::CStr;
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgTupleDesc};
 
-use crate::errors::ErrorKind;
-use crate::mask::{self, Masker};
-use crate::pgerr::{raise, raise_with_hint, require_superuser, OrRaise};
+use fetch_etl_core::error::ErrorKind;
+use fetch_etl_core::mask::{self, Masker};
+
+use super::error::{raise, raise_with_hint, require_superuser, OrRaise};
 
 const SCHEMA: &CStr = c"fetch_etl";
 const KEY_TABLE: &CStr = c"mask_keys";
@@ -32,7 +33,7 @@ thread_local! {
 }
 
 /// Registers the invalidation callback. Called once from `_PG_init`.
-pub fn init() {
+pub(crate) fn init() {
     // SAFETY: registering a callback function with a static lifetime.
     unsafe {
         pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0usize));
@@ -59,7 +60,7 @@ fn forget() {
 
 /// Runs `f` with the active masking key, reading it first if needed.
 #[inline]
-pub fn with_masker<R>(f: impl FnOnce(&Masker) -> R) -> R {
+pub(crate) fn with_masker<R>(f: impl FnOnce(&Masker) -> R) -> R {
     let cached = MASKER.with(|m| m.borrow().is_some());
     if !cached {
         let (relid, masker) = load_active_key();
@@ -92,7 +93,7 @@ fn key_table_oid() -> pg_sys::Oid {
 
 /// Reads the active key: the highest generation; among equal generations the
 /// oldest row (so a restored key wins over the one a restore's CREATE
-/// EXTENSION generated, see README "Backups").
+/// EXTENSION generated, see docs/operations.md, "Backups").
 fn load_active_key() -> (pg_sys::Oid, Masker) {
     let relid = key_table_oid();
     let mut best: Option<(i32, i64, Vec<u8>)> = None;
@@ -147,7 +148,7 @@ fn load_active_key() -> (pg_sys::Oid, Masker) {
 }
 
 /// Adds a key as the newest generation and returns its generation number.
-pub fn install_key(key: &[u8]) -> i32 {
+pub(crate) fn install_key(key: &[u8]) -> i32 {
     require_superuser("change the masking key");
     mask::validate_key(key).or_raise();
     Spi::connect_mut(|client| {
@@ -176,7 +177,7 @@ pub fn install_key(key: &[u8]) -> i32 {
 }
 
 /// Statement trigger on `mask_keys`: tell every backend to drop its cached key.
-pub fn invalidate(relid: pg_sys::Oid) {
+pub(crate) fn invalidate(relid: pg_sys::Oid) {
     // SAFETY: queues a relcache invalidation; delivered at commit.
     unsafe { pg_sys::CacheInvalidateRelcacheByRelid(relid) };
 }

@@ -3,16 +3,16 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::ffi::CStr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use crate::errors::ErrorKind;
-use crate::guc;
-use crate::pgerr::{raise, raise_with_hint, OrRaise};
-use crate::runtime;
-use crate::sqs::client::ClientConfig;
-use crate::sqs::{Client, Credentials, Protocol, QueueRef};
+use fetch_etl_core::error::ErrorKind;
+use fetch_etl_core::settings as def;
+use fetch_etl_core::sqs::retry::RetryPolicy;
+use fetch_etl_core::sqs::{Client, ClientConfig, Credentials, Protocol, QueueRef};
+
+use super::error::{raise, raise_with_hint, OrRaise};
+use super::runtime;
+use super::settings as guc;
 
 thread_local! {
     /// Protocol detected per endpoint, remembered for the backend's lifetime.
@@ -20,19 +20,22 @@ thread_local! {
 }
 
 /// A client for `queue_url`, configured from the settings and environment.
-pub fn client_for(queue_url: &str) -> Arc<Client> {
+pub(crate) fn client_for(queue_url: &str) -> Arc<Client> {
     let queue = QueueRef::parse(queue_url, endpoint_override().as_deref()).or_raise();
     let creds = credentials();
     let region = region_for(&queue);
     let cfg = ClientConfig {
-        protocol: guc::SQS_PROTOCOL.get().choice(),
-        request_timeout: Duration::from_millis(guc::HTTP_TIMEOUT_MS.get() as u64),
-        max_attempts: guc::HTTP_MAX_ATTEMPTS.get() as u32,
+        protocol: guc::sqs_protocol(),
+        request_timeout: guc::http_timeout(),
+        retry: RetryPolicy {
+            max_attempts: guc::http_max_attempts(),
+            ..RetryPolicy::default()
+        },
         ..ClientConfig::default()
     };
     let known = KNOWN_PROTOCOLS.with(|k| k.borrow().get(queue.endpoint.as_str()).copied());
     Arc::new(Client::new(
-        runtime::http().or_raise(),
+        runtime::transport().or_raise(),
         cfg,
         creds,
         region,
@@ -42,7 +45,7 @@ pub fn client_for(queue_url: &str) -> Arc<Client> {
 }
 
 /// Remembers the protocol `client` found for its endpoint.
-pub fn remember_protocol(client: &Client) {
+pub(crate) fn remember_protocol(client: &Client) {
     if let Some(p) = client.protocol() {
         KNOWN_PROTOCOLS.with(|k| {
             k.borrow_mut()
@@ -101,7 +104,7 @@ fn credentials() -> Credentials {
         (None, _) => raise_with_hint(
             ErrorKind::NotInPrerequisiteState,
             "no AWS credentials for fetch_etl",
-            "Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the server's environment, or the superuser-only settings fetch_etl.aws_access_key_id and fetch_etl.aws_secret_access_key (see README, Credentials).",
+            "Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the server's environment, or the superuser-only settings fetch_etl.aws_access_key_id and fetch_etl.aws_secret_access_key (see docs/security.md, Credentials).",
         ),
         (Some(_), None) => raise(
             ErrorKind::NotInPrerequisiteState,
@@ -114,10 +117,11 @@ fn credentials() -> Credentials {
 /// any role in sessions that have not loaded fetch_etl, unless it is preloaded.
 fn warn_if_settings_exposed() {
     thread_local!(static WARNED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
-    let secret: &CStr = c"fetch_etl.aws_secret_access_key";
+    let secret = def::AWS_SECRET_ACCESS_KEY.name;
     if !guc::preloaded() && guc::set_persistently(secret) && !WARNED.with(|w| w.replace(true)) {
         pgrx::warning!(
-            "fetch_etl.aws_secret_access_key is set in the server configuration but fetch_etl is not in shared_preload_libraries: sessions that have not loaded fetch_etl can read it"
+            "{} is set in the server configuration but fetch_etl is not in shared_preload_libraries: sessions that have not loaded fetch_etl can read it",
+            def::AWS_SECRET_ACCESS_KEY.name_str()
         );
     }
 }

@@ -14,7 +14,7 @@
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use crate::errors::{Classified, ErrorKind};
+use crate::error::{Classified, ErrorKind};
 
 /// Length in bytes of a masking key.
 pub const KEY_LEN: usize = 32;
@@ -100,17 +100,17 @@ pub fn generate_key() -> Result<[u8; KEY_LEN], KeyError> {
     Ok(key)
 }
 
-/// True when `s` has the shape of a mask (64 lowercase hex characters).
-pub fn looks_like_mask(s: &str) -> bool {
-    s.len() == MASK_LEN && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use sha2::Digest;
 
     const KEY: [u8; 32] = [7u8; 32];
+
+    /// The shape of a mask: 64 lowercase hex characters.
+    fn looks_like_mask(s: &str) -> bool {
+        s.len() == MASK_LEN && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    }
 
     #[test]
     fn rfc4231_test_case_2() {

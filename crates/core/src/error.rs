@@ -1,8 +1,8 @@
 //! Error classes shared by the pure modules.
 //!
-//! Pure code (no pgrx) says *what kind* of failure happened; the SQL-facing
-//! glue (`src/pgerr.rs`) maps each kind to one SQLSTATE, in one place, so the
-//! codes users see are consistent and documented in the README.
+//! Pure code says *what kind* of failure happened; the extension's one error
+//! path (`src/postgres/error.rs`) maps each kind to one SQLSTATE, so the codes
+//! users see are consistent and documented (docs/reference.md, "Errors").
 
 /// What went wrong, as far as a SQL caller is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +38,11 @@ pub enum ErrorKind {
 }
 
 /// Implemented by every error enum of the pure modules.
-pub trait Classified {
+pub trait Classified: std::fmt::Display {
     fn kind(&self) -> ErrorKind;
+
+    /// A HINT for the SQL caller, if there is a useful one.
+    fn hint(&self) -> Option<String> {
+        None
+    }
 }

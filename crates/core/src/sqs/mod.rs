@@ -1,15 +1,25 @@
 //! A small SQS client for the drain: both wire protocols (JSON and
 //! Query/XML), SigV4 signing, retries with backoff, bounded responses.
-//! No pgrx here: the SQL-facing glue drives the async calls and checks for
-//! query cancellation between short polling slices.
+//! The extension drives the async calls on its per-backend runtime and checks
+//! for query cancellation between short polling slices.
+//!
+//! - `queue_url`: which queue, which endpoint, which region.
+//! - `wire`: request bodies and reply parsing for both protocols.
+//! - `signer`: SigV4 with the aws-sigv4 crate.
+//! - `transport`: one HTTP exchange (reqwest, or a fake in tests).
+//! - `retry`: named retry classes, backoff, Retry-After, the retry budget.
+//! - `client`: an operation = protocol choice + retries over the transport.
+//! - `pump`: concurrent ReceiveMessage calls feeding a bounded channel.
 
 pub mod client;
 pub mod pump;
 pub mod queue_url;
-pub mod signer;
-pub mod wire;
+pub mod retry;
+mod signer;
+pub mod transport;
+mod wire;
 
-use crate::errors::{Classified, ErrorKind};
+use crate::error::{Classified, ErrorKind};
 
 pub use client::{Client, ClientConfig};
 pub use queue_url::QueueRef;
@@ -119,21 +129,6 @@ pub enum SqsError {
     Signing(String),
 }
 
-impl SqsError {
-    /// Worth retrying with backoff: throttling, server errors, network trouble.
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            SqsError::Service { status, code, .. } => {
-                *status >= 500 || *status == 429 || wire::is_throttling_code(code)
-            }
-            SqsError::Connect { .. } | SqsError::Transport { .. } | SqsError::Timeout { .. } => {
-                true
-            }
-            _ => false,
-        }
-    }
-}
-
 impl Classified for SqsError {
     fn kind(&self) -> ErrorKind {
         match self {
@@ -169,29 +164,5 @@ mod tests {
         assert!(!dbg.contains("wJalr") && !dbg.contains("FwoGZ"));
         let text = "failed: secret wJalrXUtnFEMI/K7MDENG token FwoGZXIvYXdzEXAMPLETOKEN";
         assert_eq!(c.redact(text), "failed: secret <redacted> token <redacted>");
-    }
-
-    #[test]
-    fn retry_classes() {
-        let s = |status, code: &str| SqsError::Service {
-            status,
-            code: code.into(),
-            message: String::new(),
-        };
-        assert!(s(500, "InternalError").is_retryable());
-        assert!(s(503, "ServiceUnavailable").is_retryable());
-        assert!(s(400, "ThrottlingException").is_retryable());
-        assert!(s(400, "AWS.SimpleQueueService.RequestThrottled").is_retryable());
-        assert!(!s(400, "InvalidParameterValue").is_retryable());
-        assert!(!SqsError::Auth {
-            code: "x".into(),
-            message: "y".into()
-        }
-        .is_retryable());
-        assert!(SqsError::Timeout {
-            endpoint: "e".into(),
-            seconds: 1
-        }
-        .is_retryable());
     }
 }

@@ -543,6 +543,7 @@ fn local_name(qname: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sqs::retry::RetryClass;
 
     fn queue() -> QueueRef {
         QueueRef::parse("http://localhost:4566/000000000000/login-queue", None).unwrap()
@@ -714,13 +715,13 @@ mod tests {
         let other = parse_error(502, None, b"<html>Bad gateway</html>");
         assert_eq!(other.code, "HTTP502");
         assert!(!other.json_protocol);
-        assert!(classify(502, &other).is_retryable());
+        assert!(RetryClass::of(&classify(502, &other)).is_retryable());
         let throttled = parse_error(
             400,
             None,
             br#"{"__type":"com.amazonaws.sqs#ThrottlingException","message":"Rate exceeded"}"#,
         );
-        assert!(classify(400, &throttled).is_retryable());
+        assert!(RetryClass::of(&classify(400, &throttled)).is_retryable());
     }
 
     #[test]

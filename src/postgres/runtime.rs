@@ -24,8 +24,8 @@ use std::time::Duration;
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 
-use crate::sqs::client::http_client;
-use crate::sqs::SqsError;
+use fetch_etl_core::sqs::transport::{http_client, HttpTransport};
+use fetch_etl_core::sqs::SqsError;
 
 const SLICE: Duration = Duration::from_millis(100);
 
@@ -34,16 +34,16 @@ thread_local! {
         .enable_all()
         .build()
         .expect("a current-thread tokio runtime");
-    static HTTP: std::cell::OnceCell<Result<reqwest::Client, SqsError>> = const { std::cell::OnceCell::new() };
+    static HTTP: std::cell::OnceCell<Result<HttpTransport, SqsError>> = const { std::cell::OnceCell::new() };
 }
 
-/// The backend's HTTP client.
-pub fn http() -> Result<reqwest::Client, SqsError> {
+/// The backend's HTTP transport (one connection pool per backend).
+pub(crate) fn transport() -> Result<HttpTransport, SqsError> {
     HTTP.with(|h| {
         h.get_or_init(|| {
             RUNTIME.with(|rt| {
                 let _guard = rt.enter();
-                http_client(Duration::from_secs(5))
+                http_client(Duration::from_secs(5)).map(HttpTransport::new)
             })
         })
         .clone()
@@ -51,7 +51,7 @@ pub fn http() -> Result<reqwest::Client, SqsError> {
 }
 
 /// Runs `fut` to completion, checking for query cancellation between slices.
-pub fn block_on_interruptible<F: Future>(fut: F) -> F::Output {
+pub(crate) fn block_on_interruptible<F: Future>(fut: F) -> F::Output {
     RUNTIME.with(|rt| {
         // tokio::time::timeout needs the runtime's context when it is created.
         let _guard = rt.enter();
@@ -67,7 +67,7 @@ pub fn block_on_interruptible<F: Future>(fut: F) -> F::Output {
 
 /// Runs `fut` for at most `limit`, without checking for interrupts: for work
 /// after COMMIT, where raising an error is not allowed.
-pub fn block_on_within<F: Future>(fut: F, limit: Duration) -> Option<F::Output> {
+pub(crate) fn block_on_within<F: Future>(fut: F, limit: Duration) -> Option<F::Output> {
     RUNTIME.with(|rt| {
         let _guard = rt.enter();
         rt.block_on(tokio::time::timeout(limit, fut)).ok()
@@ -76,7 +76,7 @@ pub fn block_on_within<F: Future>(fut: F, limit: Duration) -> Option<F::Output> 
 
 /// A task on the backend's runtime, aborted if dropped before it finishes (an
 /// error or a cancel unwinding past it).
-pub struct Task<T>(Option<JoinHandle<T>>);
+pub(crate) struct Task<T>(Option<JoinHandle<T>>);
 
 impl<T> Drop for Task<T> {
     fn drop(&mut self) {
@@ -88,7 +88,7 @@ impl<T> Drop for Task<T> {
 
 impl<T: Send + 'static> Task<T> {
     /// Waits for the task's result (interruptibly).
-    pub fn join(mut self) -> T {
+    pub(crate) fn join(mut self) -> T {
         let h = self.0.take().expect("joined once");
         block_on_interruptible(h).expect("the I/O task does not panic")
     }
@@ -96,7 +96,7 @@ impl<T: Send + 'static> Task<T> {
 
 /// Starts `fut` on the backend's runtime; it makes progress while the backend
 /// waits in `block_on_interruptible`.
-pub fn spawn<F>(fut: F) -> Task<F::Output>
+pub(crate) fn spawn<F>(fut: F) -> Task<F::Output>
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,

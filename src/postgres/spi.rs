@@ -1,18 +1,18 @@
-//! Small PostgreSQL helpers shared by the glue modules: subtransactions,
-//! running as the extension owner, SQLSTATEs of caught errors.
+//! Running SQL the way fetch_etl needs it: in a subtransaction that catches
+//! errors, and as the extension's owner.
 
 use std::panic::AssertUnwindSafe;
 
 use pgrx::pg_sys;
-use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 
-use crate::errors::ErrorKind;
-use crate::pgerr::raise;
+use fetch_etl_core::error::ErrorKind;
+
+use super::error::{raise, Caught};
 
 /// Runs `f` in a subtransaction (like a PL/pgSQL exception block): on error the
 /// subtransaction is rolled back and the error returned.
-pub fn in_subxact<R>(f: AssertUnwindSafe<impl FnOnce() -> R>) -> Result<R, Box<CaughtError>> {
+pub(crate) fn in_subxact<R>(f: AssertUnwindSafe<impl FnOnce() -> R>) -> Result<R, Caught> {
     // SAFETY: the PL/pgSQL pattern: remember memory context and resource
     // owner, start a subtransaction, and restore both after commit or rollback.
     unsafe {
@@ -21,7 +21,7 @@ pub fn in_subxact<R>(f: AssertUnwindSafe<impl FnOnce() -> R>) -> Result<R, Box<C
         pg_sys::BeginInternalSubTransaction(std::ptr::null());
         pg_sys::MemoryContextSwitchTo(cx);
         let result = pg_sys::PgTryBuilder::new(AssertUnwindSafe(move || Ok(f.0())))
-            .catch_others(|e| Err(Box::new(e)))
+            .catch_others(|e| Err(Caught(Box::new(e))))
             .execute();
         if result.is_ok() {
             pg_sys::ReleaseCurrentSubTransaction();
@@ -35,44 +35,10 @@ pub fn in_subxact<R>(f: AssertUnwindSafe<impl FnOnce() -> R>) -> Result<R, Box<C
     }
 }
 
-/// The five-character SQLSTATE of a caught error (None for a Rust panic).
-pub fn sqlstate(e: &CaughtError) -> Option<String> {
-    let code = match e {
-        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r.sql_error_code() as i32,
-        CaughtError::RustPanic { .. } => return None,
-    };
-    // PostgreSQL packs the five characters six bits each (MAKE_SQLSTATE).
-    Some(
-        (0..5)
-            .map(|i| (((code >> (6 * i)) & 0x3F) as u8 + b'0') as char)
-            .collect(),
-    )
-}
-
-/// Data errors a row can cause (class 22 data exception, 23 constraint
-/// violation, P0 raised by a trigger).
-pub fn is_data_error(e: &CaughtError) -> bool {
-    sqlstate(e).is_some_and(|s| s.starts_with("22") || s.starts_with("23") || s.starts_with("P0"))
-}
-
-/// Cancellation, timeouts and shutdown (class 57): never to be swallowed.
-pub fn is_interrupt(e: &CaughtError) -> bool {
-    sqlstate(e).is_some_and(|s| s.starts_with("57"))
-}
-
-/// "SQLSTATE message" of a caught error.
-pub fn describe(e: &CaughtError) -> String {
-    let msg = match e {
-        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r.message().to_string(),
-        CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
-    };
-    format!("{} {msg}", sqlstate(e).unwrap_or_else(|| "XX000".into()))
-}
-
 /// Runs `f` as the extension's owner with search_path = pg_catalog, pg_temp:
 /// fetch_etl's own tables are not writable by the roles allowed to drain.
 /// On error the transaction (or subtransaction) abort restores both.
-pub fn as_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+pub(crate) fn as_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     // SAFETY: the same switch PostgreSQL makes for SECURITY DEFINER functions
     // and RI triggers; restored below, or by the abort on error.
     unsafe {
@@ -104,20 +70,13 @@ pub fn as_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
 }
 
 /// The role that created the extension (and owns its tables).
-pub fn extension_owner() -> pg_sys::Oid {
+pub(crate) fn extension_owner() -> pg_sys::Oid {
     Spi::get_one::<pg_sys::Oid>(
         "SELECT e.extowner FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'fetch_etl'",
     )
     .ok()
     .flatten()
     .unwrap_or_else(|| raise(ErrorKind::NotInPrerequisiteState, "fetch_etl is not installed in this database"))
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -129,10 +88,10 @@ mod tests {
     fn subxact_catches_and_unpacks_sqlstate() {
         let r = in_subxact(AssertUnwindSafe(|| Spi::get_one::<i32>("SELECT 1/0")));
         let e = r.expect_err("division by zero raises");
-        assert_eq!(sqlstate(&e).as_deref(), Some("22012"));
-        assert!(is_data_error(&e));
-        assert!(!is_interrupt(&e));
-        assert!(describe(&e).starts_with("22012 division by zero"));
+        assert_eq!(e.sqlstate().as_deref(), Some("22012"));
+        assert!(e.is_data_error());
+        assert!(!e.is_interrupt());
+        assert!(e.describe().starts_with("22012 division by zero"));
         // the transaction is usable afterwards, and a successful subxact commits
         assert_eq!(
             in_subxact(AssertUnwindSafe(|| Spi::get_one::<i32>("SELECT 2")))
@@ -142,8 +101,8 @@ mod tests {
         );
         let e = in_subxact(AssertUnwindSafe(|| Spi::run("SELECT * FROM no_such_table")))
             .expect_err("missing table");
-        assert_eq!(sqlstate(&e).as_deref(), Some("42P01"));
-        assert!(!is_data_error(&e));
+        assert_eq!(e.sqlstate().as_deref(), Some("42P01"));
+        assert!(!e.is_data_error());
     }
 
     #[pg_test]

@@ -10,6 +10,9 @@ use std::fmt;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 
+use crate::contract::RejectReason;
+use crate::settings;
+
 /// The login fields, in the order the exercise lists them.
 pub const LOGIN_FIELDS: [&str; 6] = [
     "user_id",
@@ -44,7 +47,7 @@ impl Default for Limits {
     /// The exercise's DDL: varchar(128)/varchar(32)/varchar(32), integer app_version.
     fn default() -> Self {
         Limits {
-            max_body_bytes: 64 * 1024,
+            max_body_bytes: settings::MAX_BODY_BYTES.default as usize,
             user_id_chars: Some(128),
             device_type_chars: Some(32),
             locale_chars: Some(32),
@@ -74,22 +77,23 @@ pub struct LoginEvent {
     pub app_version: AppVersion,
 }
 
-/// Why a message was not loaded: a stable code for grouping, and a detail.
+/// Why a message was not loaded: a stable reason for grouping, and a detail.
+/// Displayed as `<reason>: <detail>`, the text stored in dead letters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reject {
-    pub code: &'static str,
+    pub reason: RejectReason,
     pub detail: String,
 }
 
 impl fmt::Display for Reject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.code, self.detail)
+        write!(f, "{}: {}", self.reason, self.detail)
     }
 }
 
-fn reject(code: &'static str, detail: impl Into<String>) -> Reject {
+pub(crate) fn reject(reason: RejectReason, detail: impl Into<String>) -> Reject {
     Reject {
-        code,
+        reason,
         detail: detail.into(),
     }
 }
@@ -133,10 +137,11 @@ fn json_kind(v: &Value) -> &'static str {
 pub fn parse_login(body: &str, limits: &Limits) -> Result<LoginEvent, Reject> {
     if body.len() > limits.max_body_bytes {
         return Err(reject(
-            "too_large",
+            RejectReason::TooLarge,
             format!(
-                "body is {} bytes; the limit (fetch_etl.max_body_bytes) is {}",
+                "body is {} bytes; the limit ({}) is {}",
                 body.len(),
+                settings::MAX_BODY_BYTES.name_str(),
                 limits.max_body_bytes
             ),
         ));
@@ -147,17 +152,20 @@ pub fn parse_login(body: &str, limits: &Limits) -> Result<LoginEvent, Reject> {
         Err(e) => {
             let msg = e.to_string();
             if msg.contains("recursion limit exceeded") {
-                return Err(reject("too_deep", "JSON nesting exceeds 128 levels"));
+                return Err(reject(
+                    RejectReason::TooDeep,
+                    "JSON nesting exceeds 128 levels",
+                ));
             }
             return Err(match serde_json::from_str::<Value>(body) {
                 Ok(v) => reject(
-                    "not_object",
+                    RejectReason::NotObject,
                     format!("body is a JSON {}, not an object", json_kind(&v)),
                 ),
                 Err(e2) if e2.to_string().contains("recursion limit exceeded") => {
-                    reject("too_deep", "JSON nesting exceeds 128 levels")
+                    reject(RejectReason::TooDeep, "JSON nesting exceeds 128 levels")
                 }
-                Err(e2) => reject("not_json", e2.to_string()),
+                Err(e2) => reject(RejectReason::NotJson, e2.to_string()),
             });
         }
     };
@@ -165,7 +173,7 @@ pub fn parse_login(body: &str, limits: &Limits) -> Result<LoginEvent, Reject> {
     for (k, _) in &fields.0 {
         if seen.contains(&k.as_str()) {
             return Err(reject(
-                "duplicate_field",
+                RejectReason::DuplicateField,
                 format!("field {k:?} appears more than once"),
             ));
         }
@@ -185,7 +193,7 @@ pub fn parse_login(body: &str, limits: &Limits) -> Result<LoginEvent, Reject> {
             String::new()
         };
         return Err(reject(
-            "not_login_event",
+            RejectReason::NotLoginEvent,
             if names.is_empty() {
                 "the object has no fields".to_string()
             } else {
@@ -199,13 +207,13 @@ pub fn parse_login(body: &str, limits: &Limits) -> Result<LoginEvent, Reject> {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => {
                 if s.contains('\0') {
-                    Err(reject("nul_character", format!("{name} contains a NUL character (\\u0000), which PostgreSQL text cannot store")))
+                    Err(reject(RejectReason::NulCharacter, format!("{name} contains a NUL character (\\u0000), which PostgreSQL text cannot store")))
                 } else {
                     Ok(Some(s.clone()))
                 }
             }
             Some(other) => Err(reject(
-                "wrong_type",
+                RejectReason::WrongType,
                 format!("{name} must be a string or null, got {}", json_kind(other)),
             )),
         }
@@ -215,7 +223,7 @@ pub fn parse_login(body: &str, limits: &Limits) -> Result<LoginEvent, Reject> {
             let n = v.chars().count();
             if n > max {
                 return Err(reject(
-                    "too_long",
+                    RejectReason::TooLong,
                     format!("{name} has {n} characters; the column allows {max}"),
                 ));
             }
@@ -232,7 +240,7 @@ pub fn parse_login(body: &str, limits: &Limits) -> Result<LoginEvent, Reject> {
 
     let user_id = match user_id {
         Some(u) if !u.is_empty() => u,
-        _ => return Err(reject("missing_field", "user_id is required")),
+        _ => return Err(reject(RejectReason::MissingField, "user_id is required")),
     };
     check_len("user_id", &Some(user_id.clone()), limits.user_id_chars)?;
     check_len("device_type", &device_type, limits.device_type_chars)?;
@@ -246,10 +254,11 @@ pub fn parse_login(body: &str, limits: &Limits) -> Result<LoginEvent, Reject> {
         AppVersionColumn::Integer { min, max } => match &app_version_raw {
             None => AppVersion::Int(None),
             Some(v) => {
-                let n = encode_app_version(v).map_err(|why| reject("bad_app_version", why))?;
+                let n = encode_app_version(v)
+                    .map_err(|why| reject(RejectReason::BadAppVersion, why))?;
                 if n < min || n > max {
                     return Err(reject(
-                        "bad_app_version",
+                        RejectReason::BadAppVersion,
                         format!("app_version {} encodes to {n}, outside the column's range {min}..{max}", quoted(v)),
                     ));
                 }
@@ -307,21 +316,6 @@ pub fn encode_app_version(v: &str) -> Result<i64, String> {
         + nums.get(2).copied().unwrap_or(0)) as i64)
 }
 
-/// The UTC calendar date of a Unix time in milliseconds, as `YYYY-MM-DD`.
-pub fn utc_date(ms: i64) -> String {
-    // Days since 1970-01-01, then the civil date (H. Hinnant's algorithm).
-    let z = ms.div_euclid(86_400_000) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    format!("{y:04}-{m:02}-{d:02}")
-}
-
 fn truncate(s: &str, max: usize) -> String {
     if s.chars().count() > max {
         format!("{}...", s.chars().take(max).collect::<String>())
@@ -343,7 +337,10 @@ mod tests {
     }
 
     fn code(body: &str) -> &'static str {
-        parse_login(body, &Limits::default()).unwrap_err().code
+        parse_login(body, &Limits::default())
+            .unwrap_err()
+            .reason
+            .as_str()
     }
 
     const GOOD: &str = r#"{"user_id": "424cdd21-063a-43a7-b91b-7ca1a833afae", "app_version": "2.3.0", "device_type": "android", "ip": "199.172.111.135", "locale": "RU", "device_id": "593-47-5928"}"#;
@@ -379,7 +376,7 @@ mod tests {
             &Limits::default(),
         )
         .unwrap_err();
-        assert_eq!(r.code, "not_login_event");
+        assert_eq!(r.reason, RejectReason::NotLoginEvent);
         assert_eq!(r.detail, "no login fields; has: bar, foo");
         assert_eq!(
             r.to_string(),
@@ -482,8 +479,8 @@ mod tests {
                 &limits
             )
             .unwrap_err()
-            .code,
-            "too_long"
+            .reason,
+            RejectReason::TooLong
         );
     }
 
@@ -498,7 +495,7 @@ mod tests {
         };
         assert!(parse_login(r#"{"user_id": "u", "app_version": "3.27.67"}"#, &limits).is_ok());
         let r = parse_login(r#"{"user_id": "u", "app_version": "4.0"}"#, &limits).unwrap_err();
-        assert_eq!(r.code, "bad_app_version");
+        assert_eq!(r.reason, RejectReason::BadAppVersion);
         assert!(r.detail.contains("40000"), "{}", r.detail);
     }
 
@@ -526,7 +523,7 @@ mod tests {
 
     #[test]
     fn every_sample_version_encodes_in_order() {
-        let sample = include_str!("../data/login-queue-sample.json");
+        let sample = include_str!("../../../data/login-queue-sample.json");
         let records: Vec<Value> = serde_json::from_str(sample).unwrap();
         let mut versions: Vec<(String, i64)> = records
             .iter()
@@ -550,30 +547,22 @@ mod tests {
 
     #[test]
     fn every_sample_record_is_classified() {
-        let sample = include_str!("../data/login-queue-sample.json");
+        let sample = include_str!("../../../data/login-queue-sample.json");
         let records: Vec<Value> = serde_json::from_str(sample).unwrap();
         let outcomes: Vec<Result<LoginEvent, Reject>> = records
             .iter()
             .map(|r| parse_login(&serde_json::to_string(r).unwrap(), &Limits::default()))
             .collect();
         assert_eq!(outcomes.iter().filter(|o| o.is_ok()).count(), 99);
-        assert_eq!(outcomes[12].as_ref().unwrap_err().code, "not_login_event");
+        assert_eq!(
+            outcomes[12].as_ref().unwrap_err().reason,
+            RejectReason::NotLoginEvent
+        );
         let null_locales = outcomes
             .iter()
             .filter_map(|o| o.as_ref().ok())
             .filter(|e| e.locale.is_none())
             .count();
         assert_eq!(null_locales, 29);
-    }
-
-    #[test]
-    fn utc_dates() {
-        assert_eq!(utc_date(0), "1970-01-01");
-        assert_eq!(utc_date(1_670_000_000_000), "2022-12-02");
-        assert_eq!(utc_date(951_782_400_000), "2000-02-29");
-        assert_eq!(utc_date(951_868_799_999), "2000-02-29");
-        assert_eq!(utc_date(951_868_800_000), "2000-03-01");
-        assert_eq!(utc_date(-1), "1969-12-31");
-        assert_eq!(utc_date(4_102_444_800_000), "2100-01-01");
     }
 }

@@ -11,8 +11,6 @@ pub struct QueueRef {
     pub queue_url: String,
     /// Where requests go: `scheme://host[:port]/` (or an override).
     pub endpoint: Url,
-    /// The queue name (last path segment).
-    pub name: String,
     /// Region found in an AWS-style host name, if any.
     pub host_region: Option<String>,
 }
@@ -50,9 +48,7 @@ impl QueueRef {
         }
         let segments: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
         let name = match segments.as_slice() {
-            [account, name] if account.chars().all(|c| c.is_ascii_alphanumeric()) => {
-                name.to_string()
-            }
+            [account, name] if account.chars().all(|c| c.is_ascii_alphanumeric()) => *name,
             _ => {
                 return Err(bad(
                     "expected a path of the form /<account-id>/<queue-name>",
@@ -91,7 +87,6 @@ impl QueueRef {
         Ok(QueueRef {
             queue_url: queue_url.to_string(),
             endpoint,
-            name,
             host_region: region_from_host(&host),
         })
     }
@@ -155,7 +150,6 @@ mod tests {
     fn localstack_style_url() {
         let q = QueueRef::parse("http://localhost:4566/000000000000/login-queue", None).unwrap();
         assert_eq!(q.endpoint.as_str(), "http://localhost:4566/");
-        assert_eq!(q.name, "login-queue");
         assert_eq!(q.host_region, None);
         assert_eq!(
             q.queue_url,

@@ -15,6 +15,7 @@ use std::pin::Pin;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 
+use super::transport::Transport;
 use super::{Client, Message, SqsError};
 
 /// Something that answers ReceiveMessage: the SQS client, or a test double.
@@ -27,7 +28,7 @@ pub trait Receive: Send + Sync {
     ) -> impl Future<Output = Result<Vec<Message>, SqsError>> + Send;
 }
 
-impl Receive for Client {
+impl<T: Transport> Receive for Client<T> {
     fn receive(
         &self,
         max: u32,

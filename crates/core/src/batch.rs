@@ -1,0 +1,251 @@
+//! Received messages to what the store writes: column arrays for the target
+//! table's INSERT, (mask, raw value) pairs for the vault, and the messages
+//! refused with their reason. Pure: the extension only turns the columns into
+//! SQL arrays and runs the statements.
+
+use crate::contract::RejectReason;
+use crate::event::{self, AppVersion, Limits};
+use crate::mask::Masker;
+use crate::sqs::Message;
+use crate::time::utc_date;
+
+/// A message that was not loaded: its index in the input, reason and the
+/// full text stored in the dead letter (`<reason>: <detail>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub index: usize,
+    pub reason: RejectReason,
+    pub text: String,
+}
+
+impl Refusal {
+    pub fn new(index: usize, reason: RejectReason, detail: impl std::fmt::Display) -> Self {
+        Refusal {
+            index,
+            reason,
+            text: format!("{reason}: {detail}"),
+        }
+    }
+}
+
+/// Column arrays for one INSERT ... SELECT FROM ROWS FROM (unnest(...), ...),
+/// in the order of [`crate::target::REQUIRED`].
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Rows {
+    pub user_id: Vec<Option<String>>,
+    pub device_type: Vec<Option<String>>,
+    pub masked_ip: Vec<Option<String>>,
+    pub masked_device_id: Vec<Option<String>>,
+    pub locale: Vec<Option<String>>,
+    /// Filled for an integer `app_version` column...
+    pub app_version_int: Vec<Option<i64>>,
+    /// ... or this one for a text column.
+    pub app_version_text: Vec<Option<String>>,
+    /// `YYYY-MM-DD`, the UTC date of the message's SentTimestamp.
+    pub create_date: Vec<Option<String>>,
+    /// Raw values behind the masks, for the vault.
+    raw_ip: Vec<Option<String>>,
+    raw_device_id: Vec<Option<String>>,
+    /// Index of each row's message in the input.
+    pub source: Vec<usize>,
+}
+
+impl Rows {
+    fn push(&mut self, idx: usize, sent_ms: i64, e: event::LoginEvent, masker: &Masker) {
+        let mask = |raw: &Option<String>| raw.as_ref().map(|r| masker.mask(r.as_bytes()));
+        self.masked_ip.push(mask(&e.ip));
+        self.masked_device_id.push(mask(&e.device_id));
+        self.raw_ip.push(e.ip);
+        self.raw_device_id.push(e.device_id);
+        self.user_id.push(Some(e.user_id));
+        self.device_type.push(e.device_type);
+        self.locale.push(e.locale);
+        match e.app_version {
+            AppVersion::Int(v) => self.app_version_int.push(v),
+            AppVersion::Text(v) => self.app_version_text.push(v),
+        }
+        self.create_date.push(Some(utc_date(sent_ms)));
+        self.source.push(idx);
+    }
+
+    pub fn len(&self) -> usize {
+        self.user_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.user_id.is_empty()
+    }
+
+    /// (mask, raw) pairs of row `k`.
+    pub fn vault_pairs(&self, k: usize) -> impl Iterator<Item = (&str, &str)> {
+        fn pair<'a>(m: &'a Option<String>, r: &'a Option<String>) -> Option<(&'a str, &'a str)> {
+            Some((m.as_deref()?, r.as_deref()?))
+        }
+        [
+            pair(&self.masked_ip[k], &self.raw_ip[k]),
+            pair(&self.masked_device_id[k], &self.raw_device_id[k]),
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
+/// What validation made of a batch of messages.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Batch {
+    pub rows: Rows,
+    pub refused: Vec<Refusal>,
+}
+
+/// Validates, flattens and masks `msgs`. A message without a SentTimestamp
+/// is dated `now_ms`.
+pub fn build(msgs: &[&Message], limits: &Limits, masker: &Masker, now_ms: i64) -> Batch {
+    let mut out = Batch::default();
+    for (i, m) in msgs.iter().enumerate() {
+        match event::parse_login(&m.body, limits) {
+            Ok(e) => out
+                .rows
+                .push(i, m.sent_timestamp_ms.unwrap_or(now_ms), e, masker),
+            Err(r) => out.refused.push(Refusal::new(i, r.reason, r.detail)),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::AppVersionColumn;
+
+    const KEY: [u8; 32] = [3u8; 32];
+
+    fn msg(id: &str, body: &str, sent: Option<i64>) -> Message {
+        Message {
+            message_id: id.into(),
+            receipt_handle: format!("r-{id}"),
+            body: body.into(),
+            sent_timestamp_ms: sent,
+            receive_count: Some(1),
+        }
+    }
+
+    #[test]
+    fn good_and_bad_messages_are_split_with_indices() {
+        let masker = Masker::new(&KEY).unwrap();
+        let msgs = [
+            msg(
+                "a",
+                r#"{"user_id": "u1", "ip": "1.2.3.4", "device_id": "d1", "app_version": "2.3.0", "locale": "RU", "device_type": "ios"}"#,
+                Some(1_670_000_000_000),
+            ),
+            msg("b", "not json", None),
+            msg("c", r#"{"user_id": "u2", "ip": null}"#, None),
+            msg("d", r#"{"foo": "oops_wrong_msg_type", "bar": "123"}"#, None),
+        ];
+        let refs: Vec<&Message> = msgs.iter().collect();
+        let b = build(&refs, &Limits::default(), &masker, 951_782_400_000);
+        assert_eq!(b.rows.len(), 2);
+        assert_eq!(b.rows.source, vec![0, 2]);
+        assert_eq!(b.rows.user_id, vec![Some("u1".into()), Some("u2".into())]);
+        assert_eq!(b.rows.device_type, vec![Some("ios".into()), None]);
+        assert_eq!(b.rows.locale, vec![Some("RU".into()), None]);
+        assert_eq!(b.rows.app_version_int, vec![Some(20300), None]);
+        assert!(b.rows.app_version_text.is_empty());
+        // SentTimestamp's UTC date, or now's when the message has none
+        assert_eq!(
+            b.rows.create_date,
+            vec![Some("2022-12-02".into()), Some("2000-02-29".into())]
+        );
+        // masks are the masker's; NULL stays NULL
+        assert_eq!(b.rows.masked_ip[0], Some(masker.mask(b"1.2.3.4")));
+        assert_eq!(b.rows.masked_device_id[0], Some(masker.mask(b"d1")));
+        assert_eq!(b.rows.masked_ip[1], None);
+        // refusals keep their input index, reason and full text
+        assert_eq!(b.refused.len(), 2);
+        assert_eq!(
+            (b.refused[0].index, b.refused[0].reason),
+            (1, RejectReason::NotJson)
+        );
+        assert!(b.refused[0].text.starts_with("not_json: "));
+        assert_eq!(
+            b.refused[1],
+            Refusal {
+                index: 3,
+                reason: RejectReason::NotLoginEvent,
+                text: "not_login_event: no login fields; has: bar, foo".into()
+            }
+        );
+    }
+
+    #[test]
+    fn vault_pairs_are_mask_and_raw_of_present_values() {
+        let masker = Masker::new(&KEY).unwrap();
+        let msgs = [
+            msg(
+                "a",
+                r#"{"user_id": "u", "ip": "10.0.0.1", "device_id": "x-1"}"#,
+                Some(0),
+            ),
+            msg("b", r#"{"user_id": "v", "device_id": "x-2"}"#, Some(0)),
+            msg("c", r#"{"user_id": "w"}"#, Some(0)),
+        ];
+        let refs: Vec<&Message> = msgs.iter().collect();
+        let b = build(&refs, &Limits::default(), &masker, 0);
+        let pairs = |k| {
+            b.rows
+                .vault_pairs(k)
+                .map(|(m, r)| (m.to_string(), r.to_string()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            pairs(0),
+            vec![
+                (masker.mask(b"10.0.0.1"), "10.0.0.1".to_string()),
+                (masker.mask(b"x-1"), "x-1".to_string())
+            ]
+        );
+        assert_eq!(pairs(1), vec![(masker.mask(b"x-2"), "x-2".to_string())]);
+        assert!(pairs(2).is_empty());
+    }
+
+    #[test]
+    fn a_text_app_version_column_gets_the_text_array() {
+        let masker = Masker::new(&KEY).unwrap();
+        let limits = Limits {
+            app_version: AppVersionColumn::Text { max_chars: None },
+            ..Limits::default()
+        };
+        let m = msg(
+            "a",
+            r#"{"user_id": "u", "app_version": "1.2.3.4-beta"}"#,
+            Some(0),
+        );
+        let b = build(&[&m], &limits, &masker, 0);
+        assert_eq!(b.rows.app_version_text, vec![Some("1.2.3.4-beta".into())]);
+        assert!(b.rows.app_version_int.is_empty());
+    }
+
+    #[test]
+    fn the_real_sample_gives_99_rows_and_one_refusal() {
+        let masker = Masker::new(&KEY).unwrap();
+        let sample = include_str!("../../../data/login-queue-sample.json");
+        let records: Vec<serde_json::Value> = serde_json::from_str(sample).unwrap();
+        let msgs: Vec<Message> = records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| msg(&i.to_string(), &serde_json::to_string(r).unwrap(), Some(0)))
+            .collect();
+        let refs: Vec<&Message> = msgs.iter().collect();
+        let b = build(&refs, &Limits::default(), &masker, 0);
+        assert_eq!(b.rows.len(), 99);
+        assert_eq!(b.refused.len(), 1);
+        assert_eq!(b.refused[0].index, 12);
+        assert_eq!(b.rows.locale.iter().filter(|l| l.is_none()).count(), 29);
+        assert_eq!(
+            (0..99)
+                .map(|k| b.rows.vault_pairs(k).count())
+                .sum::<usize>(),
+            198
+        );
+    }
+}

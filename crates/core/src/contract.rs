@@ -1,0 +1,130 @@
+//! The public vocabulary of fetch_etl: values users filter on, check in SQL
+//! and read in the docs. Each is spelled once, here; `tests/contracts.rs`
+//! checks that the SQL CHECK constraints and docs/reference.md list exactly
+//! these.
+
+use std::fmt;
+
+/// Declares a C-like enum whose variants each have one stable SQL spelling.
+macro_rules! sql_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $name {
+            /// Every value, in documentation order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            /// The spelling stored in tables and accepted as an argument.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+
+            /// The value spelled `s`, if any.
+            pub fn parse(s: &str) -> Option<$name> {
+                Self::ALL.iter().copied().find(|v| v.as_str() == s)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+sql_enum! {
+    /// Why a message became a dead letter (`fetch_etl.dead_letters.reason_code`).
+    RejectReason {
+        /// The body is not JSON.
+        NotJson = "not_json",
+        /// The body is JSON but not an object.
+        NotObject = "not_object",
+        /// The object has none of the login fields.
+        NotLoginEvent = "not_login_event",
+        /// No (or a null or empty) `user_id`.
+        MissingField = "missing_field",
+        /// A login field that is not a string or null.
+        WrongType = "wrong_type",
+        /// A value longer than its column allows.
+        TooLong = "too_long",
+        /// A `\u0000` in a value (PostgreSQL text cannot store it).
+        NulCharacter = "nul_character",
+        /// JSON nested more than 128 levels.
+        TooDeep = "too_deep",
+        /// A body larger than `fetch_etl.max_body_bytes`.
+        TooLarge = "too_large",
+        /// The same key twice in the object.
+        DuplicateField = "duplicate_field",
+        /// An `app_version` the integer column cannot encode.
+        BadAppVersion = "bad_app_version",
+        /// The target table refused the row with a data error.
+        RejectedByTable = "rejected_by_table",
+    }
+}
+
+sql_enum! {
+    /// The outcome of one `sqs_drain` call (`fetch_etl.drain_runs.status`).
+    RunStatus {
+        /// Still in progress (only ever seen from inside the drain's transaction).
+        Running = "running",
+        /// Drained until the queue looked empty or `max_messages` came in.
+        Ok = "ok",
+        /// Receiving failed after some messages came in; those were stored.
+        Partial = "partial",
+        /// Another session was draining the queue; nothing was done.
+        Skipped = "skipped",
+        /// Failed and rolled back (`on_error => 'record'`).
+        Failed = "failed",
+    }
+}
+
+sql_enum! {
+    /// What `sqs_drain` does when the drain fails (its `on_error` argument).
+    OnError {
+        /// Raise: the transaction rolls back, nothing is recorded.
+        Raise = "raise",
+        /// Roll back the drain's work, record the run as failed, warn, return.
+        Record = "record",
+    }
+}
+
+impl OnError {
+    /// The error for a spelling that is not a mode.
+    pub fn describe_choices() -> String {
+        let names: Vec<String> = Self::ALL.iter().map(|m| format!("'{m}'")).collect();
+        names.join(" or ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spellings_round_trip_and_are_distinct() {
+        for r in RejectReason::ALL {
+            assert_eq!(RejectReason::parse(r.as_str()), Some(*r));
+            assert!(r
+                .as_str()
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'_'));
+        }
+        let mut names: Vec<&str> = RejectReason::ALL.iter().map(|r| r.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), RejectReason::ALL.len());
+        assert_eq!(RunStatus::parse("partial"), Some(RunStatus::Partial));
+        assert_eq!(RunStatus::parse("PARTIAL"), None);
+        assert_eq!(OnError::parse("record"), Some(OnError::Record));
+        assert_eq!(OnError::parse("ignore"), None);
+        assert_eq!(OnError::describe_choices(), "'raise' or 'record'");
+        assert_eq!(RejectReason::TooLong.to_string(), "too_long");
+    }
+}

@@ -1,0 +1,243 @@
+//! Every `fetch_etl.*` setting: name, descriptions, default and bounds,
+//! defined once. The extension registers them with PostgreSQL from these
+//! (`src/postgres/settings.rs`); the pure code takes its defaults from them;
+//! `tests/contracts.rs` checks docs/reference.md against them.
+
+use std::ffi::CStr;
+
+/// Who may change a setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Any role, with SET.
+    Anyone,
+    /// Superusers only.
+    Superuser,
+}
+
+/// How an integer setting is shown and parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    None,
+    Bytes,
+    Milliseconds,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct IntSetting {
+    pub name: &'static CStr,
+    pub short: &'static CStr,
+    pub long: &'static CStr,
+    pub default: i32,
+    pub min: i32,
+    pub max: i32,
+    pub unit: Unit,
+    pub access: Access,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct StringSetting {
+    pub name: &'static CStr,
+    pub short: &'static CStr,
+    pub long: &'static CStr,
+    pub access: Access,
+    /// Hidden from SHOW ALL and pg_settings for other roles.
+    pub secret: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct EnumSetting {
+    pub name: &'static CStr,
+    pub short: &'static CStr,
+    pub long: &'static CStr,
+    pub access: Access,
+}
+
+/// A setting name as text, for messages.
+fn text(name: &'static CStr) -> &'static str {
+    name.to_str().expect("setting names are ASCII")
+}
+
+impl StringSetting {
+    pub fn name_str(&self) -> &'static str {
+        text(self.name)
+    }
+}
+
+impl IntSetting {
+    pub fn name_str(&self) -> &'static str {
+        text(self.name)
+    }
+
+    /// `v` within the bounds (PostgreSQL enforces them; this is for callers
+    /// that compute a value).
+    pub fn clamp(&self, v: i32) -> i32 {
+        v.clamp(self.min, self.max)
+    }
+}
+
+/// The prefix every setting shares (reserved at load time).
+pub const PREFIX: &CStr = c"fetch_etl";
+
+pub const AWS_ACCESS_KEY_ID: StringSetting = StringSetting {
+    name: c"fetch_etl.aws_access_key_id",
+    short: c"AWS access key id for SQS (default: the server's AWS_ACCESS_KEY_ID).",
+    long: c"Superuser only. Prefer the server's environment; see docs/security.md.",
+    access: Access::Superuser,
+    secret: true,
+};
+
+pub const AWS_SECRET_ACCESS_KEY: StringSetting = StringSetting {
+    name: c"fetch_etl.aws_secret_access_key",
+    short: c"AWS secret access key for SQS (default: the server's AWS_SECRET_ACCESS_KEY).",
+    long: c"Superuser only, never shown to other roles. Prefer the server's environment.",
+    access: Access::Superuser,
+    secret: true,
+};
+
+pub const AWS_SESSION_TOKEN: StringSetting = StringSetting {
+    name: c"fetch_etl.aws_session_token",
+    short:
+        c"AWS session token for temporary credentials (default: the server's AWS_SESSION_TOKEN).",
+    long: c"Superuser only, never shown to other roles.",
+    access: Access::Superuser,
+    secret: true,
+};
+
+pub const AWS_REGION: StringSetting = StringSetting {
+    name: c"fetch_etl.aws_region",
+    short: c"AWS region for signing when the queue host names none (default: AWS_REGION, then us-east-1).",
+    long: c"",
+    access: Access::Superuser,
+    secret: false,
+};
+
+pub const SQS_ENDPOINT_URL: StringSetting = StringSetting {
+    name: c"fetch_etl.sqs_endpoint_url",
+    short: c"Send SQS requests here instead of the queue URL's host (default: AWS_ENDPOINT_URL_SQS, AWS_ENDPOINT_URL).",
+    long: c"For emulators whose queue URLs name an unreachable host.",
+    access: Access::Superuser,
+    secret: false,
+};
+
+pub const SQS_PROTOCOL: EnumSetting = EnumSetting {
+    name: c"fetch_etl.sqs_protocol",
+    short: c"SQS wire protocol: auto (JSON, falling back to Query), json, or query.",
+    long: c"",
+    access: Access::Anyone,
+};
+
+pub const RECEIVE_CONCURRENCY: IntSetting = IntSetting {
+    name: c"fetch_etl.receive_concurrency",
+    short: c"ReceiveMessage calls sqs_drain keeps in flight at once.",
+    long: c"",
+    default: 8,
+    min: 1,
+    max: 64,
+    unit: Unit::None,
+    access: Access::Anyone,
+};
+
+pub const BATCH_SIZE: IntSetting = IntSetting {
+    name: c"fetch_etl.batch_size",
+    short: c"Messages stored per batch of INSERT statements.",
+    long: c"",
+    default: 100,
+    min: 10,
+    max: 100_000,
+    unit: Unit::None,
+    access: Access::Anyone,
+};
+
+pub const MAX_BODY_BYTES: IntSetting = IntSetting {
+    name: c"fetch_etl.max_body_bytes",
+    short: c"Message bodies larger than this are rejected as too_large.",
+    long: c"",
+    default: 64 * 1024,
+    min: 256,
+    max: 16 * 1024 * 1024,
+    unit: Unit::Bytes,
+    access: Access::Anyone,
+};
+
+pub const HTTP_TIMEOUT: IntSetting = IntSetting {
+    name: c"fetch_etl.http_timeout",
+    short: c"Timeout of one SQS request, not counting long-poll waits.",
+    long: c"",
+    default: 10_000,
+    min: 100,
+    max: 600_000,
+    unit: Unit::Milliseconds,
+    access: Access::Anyone,
+};
+
+pub const HTTP_MAX_ATTEMPTS: IntSetting = IntSetting {
+    name: c"fetch_etl.http_max_attempts",
+    short: c"Attempts per SQS request for throttling, server and network errors (1 = no retry).",
+    long: c"",
+    default: 5,
+    min: 1,
+    max: 20,
+    unit: Unit::None,
+    access: Access::Anyone,
+};
+
+pub const DELETE_TIMEOUT: IntSetting = IntSetting {
+    name: c"fetch_etl.delete_timeout",
+    short: c"Time allowed after COMMIT for deleting the drained messages from SQS.",
+    long: c"Messages not deleted in time come back and are counted as duplicates.",
+    default: 10_000,
+    min: 100,
+    max: 600_000,
+    unit: Unit::Milliseconds,
+    access: Access::Anyone,
+};
+
+pub const STRINGS: &[StringSetting] = &[
+    AWS_ACCESS_KEY_ID,
+    AWS_SECRET_ACCESS_KEY,
+    AWS_SESSION_TOKEN,
+    AWS_REGION,
+    SQS_ENDPOINT_URL,
+];
+pub const ENUMS: &[EnumSetting] = &[SQS_PROTOCOL];
+pub const INTS: &[IntSetting] = &[
+    RECEIVE_CONCURRENCY,
+    BATCH_SIZE,
+    MAX_BODY_BYTES,
+    HTTP_TIMEOUT,
+    HTTP_MAX_ATTEMPTS,
+    DELETE_TIMEOUT,
+];
+
+/// Every setting's name, in documentation order.
+pub fn all_names() -> Vec<&'static str> {
+    let s = STRINGS.iter().map(|s| s.name);
+    let e = ENUMS.iter().map(|s| s.name);
+    let i = INTS.iter().map(|s| s.name);
+    s.chain(e).chain(i).map(text).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_prefixed_unique_and_defaults_in_bounds() {
+        let names = all_names();
+        let prefix = format!("{}.", PREFIX.to_str().unwrap());
+        assert!(names.iter().all(|n| n.starts_with(&prefix)), "{names:?}");
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), names.len());
+        for s in INTS {
+            assert!(s.min <= s.default && s.default <= s.max, "{:?}", s.name);
+            assert_eq!(s.clamp(s.max.saturating_add(1)), s.max);
+        }
+        // secrets are never settable by other roles
+        assert!(STRINGS
+            .iter()
+            .filter(|s| s.secret)
+            .all(|s| s.access == Access::Superuser));
+    }
+}

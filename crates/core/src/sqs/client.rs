@@ -1,0 +1,562 @@
+//! The async SQS client: one queue, one set of credentials. An operation is
+//! built for a wire protocol, signed, sent through the [`Transport`], and
+//! retried as [`retry`](super::retry) decides. Which protocol an endpoint
+//! speaks is found once and remembered; finding it never counts as an
+//! attempt.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use super::retry::{Attempts, Decision, RetryBudget, RetryClass, RetryPolicy};
+use super::transport::{HttpReply, HttpRequest, HttpTransport, Transport};
+use super::wire::{self, WireRequest};
+use super::{signer, Credentials, DeleteOutcome, Message, Protocol, QueueRef, SqsError};
+use crate::settings;
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The protocol to speak; None: JSON, falling back to Query for
+    /// endpoints that answer JSON requests the Query way.
+    pub protocol: Option<Protocol>,
+    /// Timeout of one request, not counting the long-poll wait.
+    pub request_timeout: Duration,
+    pub retry: RetryPolicy,
+    pub max_response_bytes: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            protocol: None,
+            request_timeout: Duration::from_millis(settings::HTTP_TIMEOUT.default as u64),
+            retry: RetryPolicy::default(),
+            max_response_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
+/// One queue, one set of credentials, over transport `T`.
+pub struct Client<T = HttpTransport> {
+    transport: T,
+    cfg: ClientConfig,
+    creds: Credentials,
+    region: String,
+    queue: QueueRef,
+    /// The protocol the endpoint is known to speak (None: not known yet).
+    known: Mutex<Option<Protocol>>,
+    budget: RetryBudget,
+    rng: Mutex<fastrand::Rng>,
+}
+
+/// How one exchange ended.
+enum Exchange<R> {
+    Done(R),
+    /// The reply shows the endpoint does not speak the JSON protocol.
+    SpeaksQuery,
+    Failed {
+        error: SqsError,
+        retry_after: Option<Duration>,
+    },
+}
+
+impl<T: Transport> Client<T> {
+    /// `known` is a protocol already detected for this endpoint (e.g. by an
+    /// earlier call in the same backend); a configured protocol wins.
+    pub fn new(
+        transport: T,
+        cfg: ClientConfig,
+        creds: Credentials,
+        region: String,
+        queue: QueueRef,
+        known: Option<Protocol>,
+    ) -> Self {
+        let known = cfg.protocol.or(known);
+        Client {
+            transport,
+            cfg,
+            creds,
+            region,
+            queue,
+            known: Mutex::new(known),
+            budget: RetryBudget::default(),
+            rng: Mutex::new(fastrand::Rng::new()),
+        }
+    }
+
+    pub fn queue(&self) -> &QueueRef {
+        &self.queue
+    }
+
+    /// The protocol in use, once known.
+    pub fn protocol(&self) -> Option<Protocol> {
+        *self.known.lock().expect("not poisoned")
+    }
+
+    /// `text` without any of this client's secrets.
+    pub fn redact(&self, text: &str) -> String {
+        self.creds.redact(text)
+    }
+
+    /// ReceiveMessage (max 1..=10, wait 0..=20 s).
+    pub async fn receive(
+        &self,
+        max: u32,
+        wait_seconds: u32,
+        visibility_timeout: Option<u32>,
+    ) -> Result<Vec<Message>, SqsError> {
+        let q = &self.queue;
+        self.call(
+            |p| wire::receive_request(p, q, max, wait_seconds, visibility_timeout),
+            wire::parse_receive,
+            Duration::from_secs(wait_seconds as u64),
+        )
+        .await
+    }
+
+    /// DeleteMessageBatch of up to 10 `(id, receipt handle)` pairs.
+    pub async fn delete_batch(
+        &self,
+        entries: &[(String, String)],
+    ) -> Result<DeleteOutcome, SqsError> {
+        let q = &self.queue;
+        self.call(
+            |p| wire::delete_batch_request(p, q, entries),
+            wire::parse_delete_batch,
+            Duration::ZERO,
+        )
+        .await
+    }
+
+    /// GetQueueAttributes.
+    pub async fn queue_attributes(
+        &self,
+        names: &[&str],
+    ) -> Result<HashMap<String, String>, SqsError> {
+        let q = &self.queue;
+        self.call(
+            |p| wire::get_attributes_request(p, q, names),
+            wire::parse_attributes,
+            Duration::ZERO,
+        )
+        .await
+    }
+
+    /// Runs one operation: attempts, with waits between them, until one
+    /// succeeds or the retry policy gives up.
+    async fn call<R>(
+        &self,
+        build: impl Fn(Protocol) -> WireRequest,
+        parse: impl Fn(Protocol, &[u8]) -> Result<R, SqsError>,
+        extra_timeout: Duration,
+    ) -> Result<R, SqsError> {
+        let timeout = self.cfg.request_timeout + extra_timeout;
+        let mut attempts = Attempts::new(&self.cfg.retry, &self.budget);
+        // Set once this call has seen the endpoint answer JSON the Query way.
+        let mut speaks_query = false;
+        loop {
+            let known = self.protocol();
+            let protocol = known.unwrap_or(if speaks_query {
+                Protocol::Query
+            } else {
+                Protocol::Json
+            });
+            let probing = known.is_none() && protocol == Protocol::Json;
+            match self
+                .exchange(protocol, probing, &build, &parse, timeout)
+                .await
+            {
+                Exchange::Done(v) => {
+                    if known.is_none() {
+                        *self.known.lock().expect("not poisoned") = Some(protocol);
+                    }
+                    attempts.succeeded();
+                    return Ok(v);
+                }
+                // Only while probing, so at most once per call: not an attempt.
+                Exchange::SpeaksQuery => speaks_query = true,
+                Exchange::Failed { error, retry_after } => {
+                    let class = RetryClass::of(&error);
+                    let decision = {
+                        let mut rng = self.rng.lock().expect("not poisoned");
+                        attempts.after_failure(class, retry_after, &mut rng)
+                    };
+                    match decision {
+                        Decision::RetryAfter(wait) => tokio::time::sleep(wait).await,
+                        Decision::GiveUp(_) => return Err(error),
+                    }
+                }
+            }
+        }
+    }
+
+    /// One request and its reply. While `probing` (the endpoint's protocol is
+    /// not known and this is JSON), a success reply in XML, or an error reply
+    /// that is not a JSON-protocol error (LocalStack before 3.0), means the
+    /// endpoint speaks Query.
+    async fn exchange<R>(
+        &self,
+        protocol: Protocol,
+        probing: bool,
+        build: &impl Fn(Protocol) -> WireRequest,
+        parse: &impl Fn(Protocol, &[u8]) -> Result<R, SqsError>,
+        timeout: Duration,
+    ) -> Exchange<R> {
+        let reply = match self.send(build(protocol), timeout).await {
+            Ok(r) => r,
+            Err(error) => {
+                return Exchange::Failed {
+                    error,
+                    retry_after: None,
+                }
+            }
+        };
+        if (200..300).contains(&reply.status) {
+            return match parse(protocol, &reply.body) {
+                Ok(v) => Exchange::Done(v),
+                Err(_) if probing && reply.body.first() == Some(&b'<') => Exchange::SpeaksQuery,
+                Err(error) => Exchange::Failed {
+                    error,
+                    retry_after: None,
+                },
+            };
+        }
+        let err = wire::parse_error(reply.status, reply.query_error.as_deref(), &reply.body);
+        if probing && !err.json_protocol {
+            return Exchange::SpeaksQuery;
+        }
+        Exchange::Failed {
+            error: wire::classify(reply.status, &err),
+            retry_after: reply.retry_after,
+        }
+    }
+
+    /// Signs and sends `req`.
+    async fn send(&self, req: WireRequest, timeout: Duration) -> Result<HttpReply, SqsError> {
+        let url = self
+            .queue
+            .endpoint
+            .join(&req.path)
+            .map_err(|e| SqsError::InvalidConfig(format!("request path {}: {e}", req.path)))?;
+        let mut headers: Vec<(&str, &str)> = vec![("content-type", req.content_type)];
+        if let Some(t) = &req.target {
+            headers.push(("x-amz-target", t));
+        }
+        let signed = signer::sign_headers(
+            "POST",
+            url.as_str(),
+            &headers,
+            &req.body,
+            &self.creds,
+            &self.region,
+            "sqs",
+            SystemTime::now(),
+        )?;
+        let headers = headers
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .chain(signed)
+            .collect();
+        let request = HttpRequest {
+            url,
+            headers,
+            body: req.body,
+            timeout,
+            max_reply_bytes: self.cfg.max_response_bytes,
+        };
+        self.transport
+            .send(request)
+            .await
+            .map_err(|e| self.redact_error(e))
+    }
+
+    /// Network error details come from the HTTP stack: never let a secret through.
+    fn redact_error(&self, e: SqsError) -> SqsError {
+        match e {
+            SqsError::Connect { endpoint, detail } => SqsError::Connect {
+                endpoint,
+                detail: self.redact(&detail),
+            },
+            SqsError::Transport { endpoint, detail } => SqsError::Transport {
+                endpoint,
+                detail: self.redact(&detail),
+            },
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+    use std::future::Future;
+    use std::sync::Arc;
+
+    /// A scripted endpoint: each request takes the next answer and is recorded.
+    #[derive(Clone, Default)]
+    struct Fake {
+        answers: Arc<Mutex<VecDeque<Result<HttpReply, SqsError>>>>,
+        seen: Arc<Mutex<Vec<HttpRequest>>>,
+    }
+
+    impl Fake {
+        fn new(answers: Vec<Result<HttpReply, SqsError>>) -> Self {
+            Fake {
+                answers: Arc::new(Mutex::new(answers.into())),
+                seen: Arc::default(),
+            }
+        }
+
+        fn requests(&self) -> Vec<HttpRequest> {
+            self.seen.lock().unwrap().clone()
+        }
+
+        /// "json:ReceiveMessage" / "query:ReceiveMessage" per request.
+        fn actions(&self) -> Vec<String> {
+            self.requests()
+                .iter()
+                .map(
+                    |r| match r.headers.iter().find(|(k, _)| k == "x-amz-target") {
+                        Some((_, t)) => format!("json:{}", t.trim_start_matches("AmazonSQS.")),
+                        None => {
+                            let form: HashMap<String, String> =
+                                form_urlencoded::parse(&r.body).into_owned().collect();
+                            format!("query:{}", form["Action"])
+                        }
+                    },
+                )
+                .collect()
+        }
+    }
+
+    impl Transport for Fake {
+        fn send(
+            &self,
+            req: HttpRequest,
+        ) -> impl Future<Output = Result<HttpReply, SqsError>> + Send {
+            self.seen.lock().unwrap().push(req);
+            let answer = self
+                .answers
+                .lock()
+                .unwrap()
+                .pop_front()
+                .expect("a scripted answer for every request");
+            async move { answer }
+        }
+    }
+
+    fn reply(status: u16, body: &str) -> Result<HttpReply, SqsError> {
+        Ok(HttpReply {
+            status,
+            body: body.as_bytes().to_vec(),
+            ..HttpReply::default()
+        })
+    }
+
+    const EMPTY_JSON: &str = "{}";
+    const ONE_JSON: &str = r#"{"Messages":[{"MessageId":"m1","ReceiptHandle":"r1","Body":"{}"}]}"#;
+    const EMPTY_XML: &str =
+        "<ReceiveMessageResponse><ReceiveMessageResult/></ReceiveMessageResponse>";
+    const UNAVAILABLE: &str = r#"{"__type":"com.amazonaws.sqs#ServiceUnavailable","message":"x"}"#;
+    const THROTTLED: &str =
+        r#"{"__type":"com.amazonaws.sqs#ThrottlingException","message":"Rate exceeded"}"#;
+    const BAD_PARAM: &str =
+        r#"{"__type":"com.amazonaws.sqs#InvalidParameterValue","message":"no"}"#;
+    const LOCALSTACK2: &str = "<ErrorResponse><Error><Code>InvalidAction</Code><Message>The action  is not valid</Message></Error></ErrorResponse>";
+
+    fn client(fake: &Fake, protocol: Option<Protocol>, max_attempts: u32) -> Client<Fake> {
+        Client::new(
+            fake.clone(),
+            ClientConfig {
+                protocol,
+                retry: RetryPolicy {
+                    max_attempts,
+                    ..RetryPolicy::default()
+                },
+                ..ClientConfig::default()
+            },
+            Credentials {
+                access_key_id: "AKID".into(),
+                secret_access_key: "secret-key-0123456789".into(),
+                session_token: None,
+            },
+            "us-east-1".into(),
+            QueueRef::parse("http://localhost:4566/000000000000/q", None).unwrap(),
+            None,
+        )
+    }
+
+    fn run<F: Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn server_errors_are_retried_until_success() {
+        let internal = r#"{"__type":"com.amazonaws.sqs#InternalError","message":"x"}"#;
+        let fake = Fake::new(vec![
+            reply(503, UNAVAILABLE),
+            reply(500, internal),
+            reply(200, ONE_JSON),
+        ]);
+        let c = client(&fake, None, 5);
+        let msgs = run(c.receive(10, 0, None)).unwrap();
+        assert_eq!(msgs.len(), 1);
+        assert_eq!(fake.actions(), vec!["json:ReceiveMessage"; 3]);
+        assert_eq!(c.protocol(), Some(Protocol::Json));
+        // every attempt is signed afresh
+        assert!(fake
+            .requests()
+            .iter()
+            .all(|r| r.headers.iter().any(|(k, _)| k == "authorization")));
+    }
+
+    #[test]
+    fn client_errors_are_not_retried() {
+        let fake = Fake::new(vec![reply(400, BAD_PARAM)]);
+        let c = client(&fake, Some(Protocol::Json), 5);
+        let e = run(c.receive(10, 0, None)).unwrap_err();
+        assert!(
+            matches!(e, SqsError::Service { status: 400, ref code, .. } if code == "InvalidParameterValue")
+        );
+        assert_eq!(fake.requests().len(), 1);
+    }
+
+    #[test]
+    fn gives_up_after_max_attempts_with_the_last_error() {
+        let fake = Fake::new(vec![reply(503, UNAVAILABLE); 3]);
+        let c = client(&fake, Some(Protocol::Json), 3);
+        let e = run(c.receive(10, 0, None)).unwrap_err();
+        assert!(matches!(e, SqsError::Service { status: 503, .. }));
+        assert_eq!(fake.requests().len(), 3);
+    }
+
+    #[test]
+    fn network_errors_are_retried_and_their_details_redacted() {
+        let fake = Fake::new(vec![
+            Err(SqsError::Connect {
+                endpoint: "http://localhost:4566/".into(),
+                detail: "refused (secret-key-0123456789)".into(),
+            }),
+            Err(SqsError::Connect {
+                endpoint: "http://localhost:4566/".into(),
+                detail: "refused (secret-key-0123456789)".into(),
+            }),
+        ]);
+        let c = client(&fake, Some(Protocol::Json), 2);
+        let e = run(c.receive(10, 0, None)).unwrap_err().to_string();
+        assert!(!e.contains("secret-key-0123456789"), "{e}");
+        assert!(e.contains("<redacted>"), "{e}");
+        assert_eq!(fake.requests().len(), 2);
+    }
+
+    #[test]
+    fn retry_after_is_honoured() {
+        let throttled = Ok(HttpReply {
+            status: 429,
+            retry_after: Some(Duration::from_secs(4)),
+            body: THROTTLED.as_bytes().to_vec(),
+            ..HttpReply::default()
+        });
+        let fake = Fake::new(vec![throttled, reply(200, EMPTY_JSON)]);
+        let c = client(&fake, Some(Protocol::Json), 5);
+        let waited = run(async {
+            let start = tokio::time::Instant::now();
+            c.receive(10, 0, None).await.unwrap();
+            start.elapsed()
+        });
+        assert!(waited >= Duration::from_secs(4), "{waited:?}");
+        assert!(waited < Duration::from_secs(6), "{waited:?}");
+    }
+
+    #[test]
+    fn malformed_success_replies_are_not_retried() {
+        let fake = Fake::new(vec![reply(200, r#"{"Messages": [{"#)]);
+        let c = client(&fake, Some(Protocol::Json), 5);
+        assert!(matches!(
+            run(c.receive(10, 0, None)),
+            Err(SqsError::Malformed(_))
+        ));
+        assert_eq!(fake.requests().len(), 1);
+    }
+
+    #[test]
+    fn an_xml_error_to_json_switches_to_query_without_using_an_attempt() {
+        let fake = Fake::new(vec![reply(400, LOCALSTACK2), reply(200, EMPTY_XML)]);
+        let c = client(&fake, None, 1);
+        assert!(run(c.receive(10, 0, None)).unwrap().is_empty());
+        assert_eq!(
+            fake.actions(),
+            vec!["json:ReceiveMessage", "query:ReceiveMessage"]
+        );
+        assert_eq!(c.protocol(), Some(Protocol::Query));
+        // remembered: the next call sends no JSON
+        let fake2 = fake.clone();
+        fake2
+            .answers
+            .lock()
+            .unwrap()
+            .push_back(reply(200, EMPTY_XML));
+        run(c.receive(10, 0, None)).unwrap();
+        assert_eq!(fake.actions().last().unwrap(), "query:ReceiveMessage");
+        assert_eq!(fake.requests().len(), 3);
+    }
+
+    #[test]
+    fn an_xml_success_to_json_switches_to_query() {
+        let fake = Fake::new(vec![reply(200, EMPTY_XML), reply(200, EMPTY_XML)]);
+        let c = client(&fake, None, 5);
+        run(c.receive(10, 0, None)).unwrap();
+        assert_eq!(c.protocol(), Some(Protocol::Query));
+    }
+
+    #[test]
+    fn the_switch_holds_across_retries_of_one_call() {
+        let fake = Fake::new(vec![
+            reply(400, LOCALSTACK2),
+            reply(
+                503,
+                "<ErrorResponse><Error><Code>ServiceUnavailable</Code></Error></ErrorResponse>",
+            ),
+            reply(200, EMPTY_XML),
+        ]);
+        let c = client(&fake, None, 5);
+        run(c.receive(10, 0, None)).unwrap();
+        assert_eq!(
+            fake.actions(),
+            vec![
+                "json:ReceiveMessage",
+                "query:ReceiveMessage",
+                "query:ReceiveMessage"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_known_json_endpoint_never_falls_back() {
+        let fake = Fake::new(vec![reply(400, LOCALSTACK2)]);
+        let c = client(&fake, Some(Protocol::Json), 5);
+        let e = run(c.receive(10, 0, None)).unwrap_err();
+        assert!(matches!(e, SqsError::Service { ref code, .. } if code == "InvalidAction"));
+        assert_eq!(fake.requests().len(), 1);
+    }
+
+    #[test]
+    fn requests_carry_the_timeout_and_reply_cap() {
+        let fake = Fake::new(vec![reply(200, EMPTY_JSON)]);
+        let c = client(&fake, Some(Protocol::Json), 1);
+        run(c.receive(10, 20, None)).unwrap();
+        let r = &fake.requests()[0];
+        assert_eq!(
+            r.timeout,
+            ClientConfig::default().request_timeout + Duration::from_secs(20)
+        );
+        assert_eq!(r.max_reply_bytes, 32 * 1024 * 1024);
+        assert_eq!(r.url.as_str(), "http://localhost:4566/");
+    }
+}

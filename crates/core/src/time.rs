@@ -1,0 +1,45 @@
+//! Wall-clock helpers.
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The UTC calendar date of a Unix time in milliseconds, as `YYYY-MM-DD`.
+pub fn utc_date(ms: i64) -> String {
+    // Days since 1970-01-01, then the civil date (H. Hinnant's algorithm).
+    let z = ms.div_euclid(86_400_000) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc_date(0), "1970-01-01");
+        assert_eq!(utc_date(1_670_000_000_000), "2022-12-02");
+        assert_eq!(utc_date(951_782_400_000), "2000-02-29");
+        assert_eq!(utc_date(951_868_799_999), "2000-02-29");
+        assert_eq!(utc_date(951_868_800_000), "2000-03-01");
+        assert_eq!(utc_date(-1), "1969-12-31");
+        assert_eq!(utc_date(4_102_444_800_000), "2100-01-01");
+    }
+
+    #[test]
+    fn now_is_after_2025() {
+        assert!(now_ms() > 1_735_689_600_000);
+    }
+}

@@ -1,0 +1,15 @@
+//! Glue that only talks to PostgreSQL: errors and SQLSTATEs, settings,
+//! SPI helpers, the key store, the target table's catalog entry, the store
+//! path's statements, run records, transaction callbacks and the per-backend
+//! async runtime. Decisions are `fetch_etl_core`'s.
+
+pub(crate) mod aws;
+pub(crate) mod deletes;
+pub(crate) mod error;
+pub(crate) mod keystore;
+pub(crate) mod runs;
+pub(crate) mod runtime;
+pub(crate) mod settings;
+pub(crate) mod spi;
+pub(crate) mod store;
+pub(crate) mod target;

@@ -1,0 +1,119 @@
+//! `fetch_etl.drain_runs`: one row per sqs_drain call, written as the
+//! extension owner in the drain's own transaction.
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use fetch_etl_core::contract::RunStatus;
+use fetch_etl_core::error::ErrorKind;
+
+use super::error::raise;
+use super::spi::as_owner;
+
+/// What a run was asked to do.
+pub(crate) struct RunRequest<'a> {
+    pub(crate) queue_url: &'a str,
+    pub(crate) target_table: &'a str,
+    pub(crate) max_messages: i32,
+    pub(crate) wait_seconds: i32,
+}
+
+/// What a finished run did.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct RunCounts {
+    pub(crate) received: i64,
+    pub(crate) loaded: i64,
+    pub(crate) rejected: i64,
+    pub(crate) duplicates: i64,
+    pub(crate) receive_calls: i32,
+    /// From the start until the last message was stored.
+    pub(crate) active_seconds: f64,
+}
+
+fn insert(owner: pg_sys::Oid, req: &RunRequest<'_>, status: RunStatus, error: Option<&str>) -> i64 {
+    let finished = status != RunStatus::Running;
+    Spi::connect_mut(|client| {
+        as_owner(owner, || {
+            client
+                .update(
+                    "INSERT INTO fetch_etl.drain_runs \
+                       (queue_url, target_table, max_messages, wait_seconds, status, finished_at, error) \
+                     VALUES ($1, $2, $3, $4, $5, CASE WHEN $6 THEN pg_catalog.clock_timestamp() END, $7) \
+                     RETURNING run_id",
+                    None,
+                    &[
+                        req.queue_url.into(),
+                        req.target_table.into(),
+                        req.max_messages.into(),
+                        req.wait_seconds.into(),
+                        status.as_str().into(),
+                        finished.into(),
+                        error.map(str::to_string).into(),
+                    ],
+                )
+                .and_then(|t| t.first().get_one::<i64>())
+        })
+    })
+    .ok()
+    .flatten()
+    .unwrap_or_else(|| raise(ErrorKind::Internal, "could not record the drain run"))
+}
+
+/// A run that is starting; finished with [`finish`].
+pub(crate) fn start(owner: pg_sys::Oid, req: &RunRequest<'_>) -> i64 {
+    insert(owner, req, RunStatus::Running, None)
+}
+
+/// A run that did no work: skipped (queue busy) or failed (rolled back).
+pub(crate) fn record(
+    owner: pg_sys::Oid,
+    req: &RunRequest<'_>,
+    status: RunStatus,
+    error: Option<&str>,
+) -> i64 {
+    insert(owner, req, status, error)
+}
+
+/// Completes a started run: `ok`, or `partial` when `error` stopped it early.
+pub(crate) fn finish(
+    owner: pg_sys::Oid,
+    run_id: i64,
+    c: &RunCounts,
+    protocol: Option<&str>,
+    error: Option<&str>,
+) {
+    let status = match error {
+        None => RunStatus::Ok,
+        Some(_) => RunStatus::Partial,
+    };
+    Spi::connect_mut(|spi| {
+        as_owner(owner, || {
+            spi.update(
+                "UPDATE fetch_etl.drain_runs SET finished_at = pg_catalog.clock_timestamp(), \
+                   status = $2, received = $3, loaded = $4, rejected = $5, duplicates = $6, \
+                   receive_calls = $7, error = $8, protocol = $9, active_seconds = $10 \
+                 WHERE run_id OPERATOR(pg_catalog.=) $1",
+                None,
+                &[
+                    run_id.into(),
+                    status.as_str().into(),
+                    c.received.into(),
+                    c.loaded.into(),
+                    c.rejected.into(),
+                    c.duplicates.into(),
+                    c.receive_calls.into(),
+                    error.map(str::to_string).into(),
+                    protocol.map(str::to_string).into(),
+                    c.active_seconds.into(),
+                ],
+            )
+            .map(|_| ())
+        })
+    })
+    .unwrap_or_else(|e| {
+        raise(
+            ErrorKind::Internal,
+            format!("could not record the drain run: {e}"),
+        )
+    });
+}

@@ -1,0 +1,180 @@
+//! Registers the `fetch_etl.*` settings with PostgreSQL and reads them.
+//! Names, descriptions, defaults and bounds come from
+//! `fetch_etl_core::settings`; this file only binds them to GUC variables.
+//! Credentials are superuser-only and hidden from SHOW ALL and pg_settings;
+//! see docs/security.md for where to keep them.
+
+use std::cell::Cell;
+use std::ffi::{CStr, CString};
+use std::time::Duration;
+
+use pgrx::prelude::*;
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+
+use fetch_etl_core::settings::{self as def, Access, IntSetting, StringSetting, Unit};
+use fetch_etl_core::sqs::Protocol;
+
+type StringGuc = GucSetting<Option<CString>>;
+
+pub(crate) static AWS_ACCESS_KEY_ID: StringGuc = StringGuc::new(None);
+pub(crate) static AWS_SECRET_ACCESS_KEY: StringGuc = StringGuc::new(None);
+pub(crate) static AWS_SESSION_TOKEN: StringGuc = StringGuc::new(None);
+pub(crate) static AWS_REGION: StringGuc = StringGuc::new(None);
+pub(crate) static SQS_ENDPOINT_URL: StringGuc = StringGuc::new(None);
+static SQS_PROTOCOL: GucSetting<SqsProtocol> = GucSetting::<SqsProtocol>::new(SqsProtocol::Auto);
+static RECEIVE_CONCURRENCY: GucSetting<i32> =
+    GucSetting::<i32>::new(def::RECEIVE_CONCURRENCY.default);
+static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(def::BATCH_SIZE.default);
+static MAX_BODY_BYTES: GucSetting<i32> = GucSetting::<i32>::new(def::MAX_BODY_BYTES.default);
+static HTTP_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(def::HTTP_TIMEOUT.default);
+static HTTP_MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(def::HTTP_MAX_ATTEMPTS.default);
+static DELETE_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(def::DELETE_TIMEOUT.default);
+
+/// `fetch_etl.sqs_protocol`. The GUC needs its own enum (pgrx derives the
+/// catalog of values from it); [`sqs_protocol`] maps it to the client's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PostgresGucEnum)]
+enum SqsProtocol {
+    Auto,
+    Json,
+    Query,
+}
+
+thread_local! {
+    static PRELOADED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// True when the library was loaded by shared_preload_libraries.
+pub(crate) fn preloaded() -> bool {
+    PRELOADED.with(|p| p.get())
+}
+
+fn context(access: Access) -> GucContext {
+    match access {
+        Access::Anyone => GucContext::Userset,
+        Access::Superuser => GucContext::Suset,
+    }
+}
+
+fn define_string(def: &StringSetting, guc: &'static StringGuc) {
+    let flags = if def.secret {
+        GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL
+    } else {
+        GucFlags::default()
+    };
+    GucRegistry::define_string_guc(
+        def.name,
+        def.short,
+        def.long,
+        guc,
+        context(def.access),
+        flags,
+    );
+}
+
+fn define_int(def: &IntSetting, guc: &'static GucSetting<i32>) {
+    let flags = match def.unit {
+        Unit::None => GucFlags::default(),
+        Unit::Bytes => GucFlags::UNIT_BYTE,
+        Unit::Milliseconds => GucFlags::UNIT_MS,
+    };
+    GucRegistry::define_int_guc(
+        def.name,
+        def.short,
+        def.long,
+        guc,
+        def.min,
+        def.max,
+        context(def.access),
+        flags,
+    );
+}
+
+/// Called once from `_PG_init`.
+pub(crate) fn init() {
+    // SAFETY: reading a flag PostgreSQL sets while loading preload libraries.
+    PRELOADED.with(|p| p.set(unsafe { pg_sys::process_shared_preload_libraries_in_progress }));
+    define_string(&def::AWS_ACCESS_KEY_ID, &AWS_ACCESS_KEY_ID);
+    define_string(&def::AWS_SECRET_ACCESS_KEY, &AWS_SECRET_ACCESS_KEY);
+    define_string(&def::AWS_SESSION_TOKEN, &AWS_SESSION_TOKEN);
+    define_string(&def::AWS_REGION, &AWS_REGION);
+    define_string(&def::SQS_ENDPOINT_URL, &SQS_ENDPOINT_URL);
+    let p = &def::SQS_PROTOCOL;
+    GucRegistry::define_enum_guc(
+        p.name,
+        p.short,
+        p.long,
+        &SQS_PROTOCOL,
+        context(p.access),
+        GucFlags::default(),
+    );
+    define_int(&def::RECEIVE_CONCURRENCY, &RECEIVE_CONCURRENCY);
+    define_int(&def::BATCH_SIZE, &BATCH_SIZE);
+    define_int(&def::MAX_BODY_BYTES, &MAX_BODY_BYTES);
+    define_int(&def::HTTP_TIMEOUT, &HTTP_TIMEOUT);
+    define_int(&def::HTTP_MAX_ATTEMPTS, &HTTP_MAX_ATTEMPTS);
+    define_int(&def::DELETE_TIMEOUT, &DELETE_TIMEOUT);
+    // SAFETY: reserves the prefix so typos in fetch_etl.* settings are reported.
+    #[cfg(any(feature = "pg15", feature = "pg16", feature = "pg17", feature = "pg18"))]
+    unsafe {
+        pg_sys::MarkGUCPrefixReserved(def::PREFIX.as_ptr())
+    };
+}
+
+/// A string setting, or None when unset or empty.
+pub(crate) fn string(setting: &StringGuc) -> Option<String> {
+    setting
+        .get()
+        .and_then(|c| c.into_string().ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// True when `name` has a value from the configuration file, ALTER SYSTEM,
+/// ALTER DATABASE/ROLE (its reset value), not only from a SET in this session.
+pub(crate) fn set_persistently(name: &CStr) -> bool {
+    // SAFETY: looks up a registered setting by name.
+    let reset = unsafe { pg_sys::GetConfigOptionResetString(name.as_ptr()) };
+    // SAFETY: PostgreSQL returns a valid C string or NULL.
+    !reset.is_null() && !unsafe { CStr::from_ptr(reset) }.to_bytes().is_empty()
+}
+
+fn int(def: &IntSetting, guc: &GucSetting<i32>) -> i32 {
+    def.clamp(guc.get())
+}
+
+fn millis(def: &IntSetting, guc: &GucSetting<i32>) -> Duration {
+    Duration::from_millis(int(def, guc) as u64)
+}
+
+/// `fetch_etl.sqs_protocol`: None means detect.
+pub(crate) fn sqs_protocol() -> Option<Protocol> {
+    match SQS_PROTOCOL.get() {
+        SqsProtocol::Auto => None,
+        SqsProtocol::Json => Some(Protocol::Json),
+        SqsProtocol::Query => Some(Protocol::Query),
+    }
+}
+
+pub(crate) fn receive_concurrency() -> usize {
+    int(&def::RECEIVE_CONCURRENCY, &RECEIVE_CONCURRENCY) as usize
+}
+
+pub(crate) fn batch_size() -> usize {
+    int(&def::BATCH_SIZE, &BATCH_SIZE) as usize
+}
+
+pub(crate) fn max_body_bytes() -> usize {
+    int(&def::MAX_BODY_BYTES, &MAX_BODY_BYTES) as usize
+}
+
+pub(crate) fn http_timeout() -> Duration {
+    millis(&def::HTTP_TIMEOUT, &HTTP_TIMEOUT)
+}
+
+pub(crate) fn http_max_attempts() -> u32 {
+    int(&def::HTTP_MAX_ATTEMPTS, &HTTP_MAX_ATTEMPTS) as u32
+}
+
+pub(crate) fn delete_timeout() -> Duration {
+    millis(&def::DELETE_TIMEOUT, &DELETE_TIMEOUT)
+}

@@ -1,0 +1,374 @@
+//! Writing what a batch became: valid rows into the target table (as the
+//! calling role), raw PII into the vault, message ids into the ledger and
+//! refused messages into dead letters (as the extension owner). Used by
+//! sqs_drain (new messages) and replay_dead_letters (old dead letters).
+//! What the rows are is `fetch_etl_core::batch`'s business; this file only
+//! runs statements.
+//!
+//! Every statement is prepared once per [`Store`] (plans kept, not re-parsed
+//! per batch) and takes whole columns as arrays: one statement per table per
+//! batch, whatever the batch size.
+
+use std::panic::AssertUnwindSafe;
+
+use pgrx::datum::DatumWithOid;
+use pgrx::pg_sys::{self, PgOid};
+use pgrx::prelude::*;
+use pgrx::spi::{OwnedPreparedStatement, SpiClient};
+
+use fetch_etl_core::batch::{self, Refusal, Rows};
+use fetch_etl_core::contract::RejectReason;
+use fetch_etl_core::event::Limits;
+use fetch_etl_core::mask::Masker;
+use fetch_etl_core::sqs::Message;
+use fetch_etl_core::target::{AppVersionArray, TargetShape};
+use fetch_etl_core::time::now_ms;
+
+use super::error::SpiOrRaise;
+use super::spi::{as_owner, extension_owner, in_subxact};
+use super::{keystore, target};
+
+/// Parameters: masked text[], raw text[], sorted by mask, so the inserts walk
+/// the primary key in order. Pairs are collected across batches and inserted
+/// in large sorted runs: far fewer index pages touched per row than batch by
+/// batch (half the time for 100,000 messages).
+const VAULT_SQL_FAST: &str = "INSERT INTO fetch_etl.pii_vault (masked, raw) \
+     SELECT t.m, t.r FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($2::pg_catalog.text[])) AS t(m, r) \
+     WHERE NOT EXISTS (SELECT FROM fetch_etl.pii_vault v WHERE v.masked OPERATOR(pg_catalog.=) t.m)";
+
+/// The same, safe against a concurrent transaction adding one of the masks:
+/// what VAULT_SQL_FAST falls back to when that happens (unique violation).
+const VAULT_SQL: &str = "INSERT INTO fetch_etl.pii_vault (masked, raw) \
+     SELECT * FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($2::pg_catalog.text[])) \
+     ON CONFLICT (masked) DO NOTHING";
+
+/// Parameters: message ids text[] (sorted), run id. Returns the ids that were new.
+const LEDGER_SQL: &str = "INSERT INTO fetch_etl.processed_messages (message_id, run_id) \
+     SELECT pg_catalog.unnest($1::pg_catalog.text[]), $2 \
+     ON CONFLICT (message_id) DO NOTHING RETURNING message_id";
+
+const DEAD_LETTER_SQL: &str = "INSERT INTO fetch_etl.dead_letters \
+       (run_id, queue_url, message_id, body, reason_code, reason, sent_at, receive_count) \
+     SELECT $1, $2, m, b, c, r, pg_catalog.to_timestamp(s::pg_catalog.float8 / 1000.0), n \
+     FROM ROWS FROM (pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($4::pg_catalog.text[]), \
+                     pg_catalog.unnest($5::pg_catalog.text[]), pg_catalog.unnest($6::pg_catalog.text[]), \
+                     pg_catalog.unnest($7::pg_catalog.int8[]), pg_catalog.unnest($8::pg_catalog.int4[])) \
+          AS t(m, b, c, r, s, n)";
+
+const TEXT_ARRAY: pg_sys::Oid = pg_sys::TEXTARRAYOID;
+const INT8_ARRAY: pg_sys::Oid = pg_sys::INT8ARRAYOID;
+
+/// Pairs kept before the vault is written: about 1 MB of strings. Larger
+/// batches were no faster in `scripts/bench` (the anti-join costs the same per
+/// row) but grew a 50,000-message drain's memory from 15 MB to 60 MB.
+const VAULT_FLUSH_PAIRS: usize = 5_000;
+
+/// The five statements of the store path, prepared for one target table.
+struct Statements {
+    target: OwnedPreparedStatement,
+    vault: OwnedPreparedStatement,
+    vault_fast: OwnedPreparedStatement,
+    dead_letters: OwnedPreparedStatement,
+    ledger: OwnedPreparedStatement,
+}
+
+fn prepare(client: &SpiClient<'_>, sql: &str, types: &[pg_sys::Oid]) -> OwnedPreparedStatement {
+    let types: Vec<PgOid> = types.iter().map(|&t| PgOid::from(t)).collect();
+    client
+        .prepare_mut(sql, &types)
+        .or_raise_spi("prepare")
+        .keep()
+}
+
+impl Statements {
+    fn prepare(shape: &TargetShape) -> Statements {
+        let version = match shape.app_version {
+            AppVersionArray::Int8 => INT8_ARRAY,
+            AppVersionArray::Text => TEXT_ARRAY,
+        };
+        let target_types = [
+            TEXT_ARRAY, TEXT_ARRAY, TEXT_ARRAY, TEXT_ARRAY, TEXT_ARRAY, version, TEXT_ARRAY,
+        ];
+        let dead_types = [
+            pg_sys::INT8OID,
+            pg_sys::TEXTOID,
+            TEXT_ARRAY,
+            TEXT_ARRAY,
+            TEXT_ARRAY,
+            TEXT_ARRAY,
+            INT8_ARRAY,
+            pg_sys::INT4ARRAYOID,
+        ];
+        Spi::connect(|c| Statements {
+            target: prepare(c, &shape.insert_sql, &target_types),
+            vault: prepare(c, VAULT_SQL, &[TEXT_ARRAY, TEXT_ARRAY]),
+            vault_fast: prepare(c, VAULT_SQL_FAST, &[TEXT_ARRAY, TEXT_ARRAY]),
+            dead_letters: prepare(c, DEAD_LETTER_SQL, &dead_types),
+            ledger: prepare(c, LEDGER_SQL, &[TEXT_ARRAY, pg_sys::INT8OID]),
+        })
+    }
+}
+
+/// What [`Store::load`] did with each message (indices into its input).
+#[derive(Default)]
+pub(crate) struct Outcome {
+    pub(crate) loaded: Vec<usize>,
+    pub(crate) refused: Vec<Refusal>,
+}
+
+/// Everything needed to store events into one target table.
+pub(crate) struct Store {
+    owner: pg_sys::Oid,
+    shape: TargetShape,
+    limits: Limits,
+    masker: Masker,
+    statements: Statements,
+    /// (mask, raw) pairs not yet written to the vault.
+    vault: Vec<(String, String)>,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Every successful path ends with flush_vault(); an error unwinding
+        // past here aborts the transaction, so unwritten pairs do not matter.
+        debug_assert!(
+            std::thread::panicking() || self.vault.is_empty(),
+            "vault not flushed"
+        );
+    }
+}
+
+impl Store {
+    /// Resolves the target table, reads the masking key and prepares the
+    /// statements. Raises, before anything is received, if any is unusable.
+    pub(crate) fn open(target_table: &str, max_body_bytes: usize) -> Store {
+        let shape = target::resolve(target_table);
+        let limits = Limits {
+            max_body_bytes,
+            ..shape.limits.clone()
+        };
+        let statements = Statements::prepare(&shape);
+        Store {
+            owner: extension_owner(),
+            masker: keystore::with_masker(|m| m.clone()),
+            limits,
+            statements,
+            shape,
+            vault: Vec::new(),
+        }
+    }
+
+    /// The target table's quoted, schema-qualified name.
+    pub(crate) fn target_name(&self) -> &str {
+        &self.shape.sql_name
+    }
+
+    /// The role that owns fetch_etl's tables.
+    pub(crate) fn owner(&self) -> pg_sys::Oid {
+        self.owner
+    }
+
+    /// Records `ids` in the ledger (as the owner); returns those that were new.
+    pub(crate) fn record_ids(
+        &self,
+        client: &mut SpiClient<'_>,
+        ids: &[&str],
+        run_id: i64,
+    ) -> Vec<String> {
+        let mut sorted: Vec<&str> = ids.to_vec();
+        sorted.sort_unstable();
+        as_owner(self.owner, || {
+            client
+                .update(
+                    &self.statements.ledger,
+                    None,
+                    &[sorted.into(), run_id.into()],
+                )
+                .or_raise_spi("ledger")
+                .filter_map(|row| row.get::<String>(1).ok().flatten())
+                .collect()
+        })
+    }
+
+    /// Validates, masks and stores `msgs`: valid rows into the target (as the
+    /// calling role), their raw PII into the vault (as the owner). Dead
+    /// letters are the caller's to write, from `Outcome::refused`.
+    pub(crate) fn load(&mut self, client: &mut SpiClient<'_>, msgs: &[&Message]) -> Outcome {
+        let batch = batch::build(msgs, &self.limits, &self.masker, now_ms());
+        let mut out = Outcome {
+            refused: batch.refused,
+            ..Outcome::default()
+        };
+        let rows = batch.rows;
+        let table_refused = self.insert_rows(client, &rows);
+        for (k, &idx) in rows.source.iter().enumerate() {
+            match table_refused.iter().find(|(r, _)| *r == k) {
+                Some((_, why)) => {
+                    out.refused
+                        .push(Refusal::new(idx, RejectReason::RejectedByTable, why))
+                }
+                None => {
+                    out.loaded.push(idx);
+                    self.vault.extend(
+                        rows.vault_pairs(k)
+                            .map(|(m, r)| (m.to_string(), r.to_string())),
+                    );
+                }
+            }
+        }
+        if self.vault.len() >= VAULT_FLUSH_PAIRS {
+            self.flush_vault(client);
+        }
+        out
+    }
+
+    /// Writes the collected (mask, raw) pairs to the vault, sorted and without
+    /// duplicates, as the owner. Every caller of `load` ends with this.
+    pub(crate) fn flush_vault(&mut self, client: &mut SpiClient<'_>) {
+        let mut pairs = std::mem::take(&mut self.vault);
+        if pairs.is_empty() {
+            return;
+        }
+        pairs.sort_unstable();
+        pairs.dedup();
+        let (masked, raw): (Vec<String>, Vec<String>) = pairs.into_iter().unzip();
+        let masked: Vec<&str> = masked.iter().map(String::as_str).collect();
+        let raw: Vec<&str> = raw.iter().map(String::as_str).collect();
+        let statements = &self.statements;
+        as_owner(self.owner, || {
+            // Plain inserts of the masks not there yet; if another transaction
+            // adds one meanwhile (unique violation), redo with ON CONFLICT.
+            let args =
+                || -> [DatumWithOid<'_>; 2] { [masked.as_slice().into(), raw.as_slice().into()] };
+            let fast = in_subxact(AssertUnwindSafe(|| {
+                client
+                    .update(&statements.vault_fast, None, &args())
+                    .map(|_| ())
+            }));
+            match fast {
+                Ok(r) => r.or_raise_spi("vault"),
+                Err(e) if e.sqlstate().as_deref() == Some("23505") => {
+                    client
+                        .update(&statements.vault, None, &args())
+                        .or_raise_spi("vault");
+                }
+                Err(e) => e.rethrow(),
+            }
+        });
+    }
+
+    /// Inserts `rows` into the target as the calling role. Returns the rows the
+    /// table refused with a data error (index, "SQLSTATE message"); any other
+    /// error (privileges, missing objects, serialization...) is raised.
+    fn insert_rows(&self, client: &mut SpiClient<'_>, rows: &Rows) -> Vec<(usize, String)> {
+        let n = rows.len();
+        if n == 0 {
+            return Vec::new();
+        }
+        let app_version = self.shape.app_version;
+        let stmt = &self.statements.target;
+        let mut insert = |range: std::ops::Range<usize>| {
+            in_subxact(AssertUnwindSafe(|| {
+                client
+                    .update(stmt, None, &row_args(rows, range, app_version))
+                    .map(|_| ())
+            }))
+        };
+        match insert(0..n) {
+            Ok(r) => {
+                r.or_raise_spi("insert");
+                return Vec::new();
+            }
+            Err(e) if !e.is_data_error() => e.rethrow(),
+            Err(_) => {}
+        }
+        // A row refused the whole statement: find it (and any others) row by row.
+        let mut refused = Vec::new();
+        for i in 0..n {
+            match insert(i..i + 1) {
+                Ok(r) => r.or_raise_spi("insert"),
+                Err(e) if e.is_data_error() => refused.push((i, e.describe())),
+                Err(e) => e.rethrow(),
+            }
+        }
+        refused
+    }
+
+    /// Writes dead letters for `refused` messages of one drain run (as the owner).
+    pub(crate) fn insert_dead_letters(
+        &self,
+        client: &mut SpiClient<'_>,
+        run_id: i64,
+        queue_url: &str,
+        msgs: &[&Message],
+        refused: &[Refusal],
+    ) {
+        if refused.is_empty() {
+            return;
+        }
+        // PostgreSQL text cannot hold NUL; SQS bodies cannot contain it either,
+        // but never let one break the batch.
+        let bodies: Vec<String> = refused
+            .iter()
+            .map(|r| msgs[r.index].body.replace('\0', "\u{FFFD}"))
+            .collect();
+        let ids: Vec<&str> = refused
+            .iter()
+            .map(|r| msgs[r.index].message_id.as_str())
+            .collect();
+        let codes: Vec<&str> = refused.iter().map(|r| r.reason.as_str()).collect();
+        let reasons: Vec<&str> = refused.iter().map(|r| r.text.as_str()).collect();
+        let sent: Vec<Option<i64>> = refused
+            .iter()
+            .map(|r| msgs[r.index].sent_timestamp_ms)
+            .collect();
+        let counts: Vec<Option<i32>> = refused
+            .iter()
+            .map(|r| msgs[r.index].receive_count)
+            .collect();
+        let args: [DatumWithOid<'_>; 8] = [
+            run_id.into(),
+            queue_url.into(),
+            ids.into(),
+            bodies.into(),
+            codes.into(),
+            reasons.into(),
+            sent.into(),
+            counts.into(),
+        ];
+        as_owner(self.owner, || {
+            client
+                .update(&self.statements.dead_letters, None, &args)
+                .or_raise_spi("dead letters");
+        });
+    }
+}
+
+/// The seven INSERT arguments for rows `range`, as arrays built straight
+/// from the strings (no copies of the strings themselves).
+fn row_args(
+    rows: &Rows,
+    range: std::ops::Range<usize>,
+    app_version: AppVersionArray,
+) -> Vec<DatumWithOid<'static>> {
+    let s = |v: &[Option<String>]| -> DatumWithOid<'static> {
+        v[range.clone()]
+            .iter()
+            .map(|o| o.as_deref())
+            .collect::<Vec<Option<&str>>>()
+            .into()
+    };
+    let version = match app_version {
+        AppVersionArray::Int8 => rows.app_version_int[range.clone()].into(),
+        AppVersionArray::Text => s(&rows.app_version_text),
+    };
+    vec![
+        s(&rows.user_id),
+        s(&rows.device_type),
+        s(&rows.masked_ip),
+        s(&rows.masked_device_id),
+        s(&rows.locale),
+        version,
+        s(&rows.create_date),
+    ]
+}
