@@ -17,6 +17,7 @@ def main() -> int:
     ap.add_argument("--host", required=True)
     ap.add_argument("--port", required=True)
     ap.add_argument("--log", required=True)
+    ap.add_argument("--allow-none", action="store_true", help="no database with fetch_etl left is not an error")
     args = ap.parse_args()
 
     with open(args.log, encoding="utf-8", errors="replace") as f:
@@ -39,7 +40,7 @@ def main() -> int:
                 for form in (key.hex(), base64.b64encode(key).decode().lower()):
                     if form in log:
                         leaks.append(f"{db}: key of {len(key)} bytes found in the log")
-    if checked == 0:
+    if checked == 0 and not args.allow_none:
         print("check_log_secrets: no generated keys found to check", file=sys.stderr)
         return 1
     if leaks:

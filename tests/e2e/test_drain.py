@@ -158,33 +158,6 @@ def test_lost_delete_is_a_duplicate_next_time(pg, sqs, proxy):
     assert queue_depth(sqs, raw_url) == (0, 0)
 
 
-def test_two_drains_at_once_load_each_message_once(db, aws_key, sqs):
-    """B receives the messages A holds uncommitted (their visibility ran out):
-    B waits on A's ledger rows, then counts them as duplicates. The queue is
-    named by two URLs (127.0.0.1 and localhost), so the per-queue lock does not
-    keep B out: the ledger alone makes the load exactly-once, as it does for
-    drains in two databases."""
-    raw_url, url = make_queue(sqs)
-    other_url = url.replace("localhost", "127.0.0.1")
-    a, b = connect(db), connect(db)
-    for c in (a, b):
-        set_credentials(c, aws_key)
-        c.execute(USER_LOGINS_DDL)
-    a.autocommit = False
-    assert loaded_sample(drain(a, url, visibility_timeout=VIS))
-    time.sleep(VIS + 0.5)  # A's messages are visible again, A has not committed
-    result = {}
-    t = threading.Thread(target=lambda: result.setdefault("b", drain(b, other_url)))
-    t.start()
-    time.sleep(1.0)
-    assert t.is_alive(), "B must wait for A's uncommitted ledger rows"
-    a.commit()
-    t.join(30)
-    assert counts(result["b"]) == (100, 0, 0, 100)
-    assert a.execute("SELECT count(*), count(DISTINCT user_id) FROM user_logins").fetchone() == (99, 99)
-    a.close(), b.close()
-
-
 REJECTS = [
     ("not json", "not_json"),
     ("[1, 2, 3]", "not_object"),
@@ -500,26 +473,6 @@ def test_prune(pg, sqs):
     with pytest.raises(psycopg.Error) as e:
         pg.execute("SELECT * FROM fetch_etl.prune(keep_ledger => interval '5 minutes')")
     assert e.value.sqlstate == "22023"
-
-
-def test_a_drain_finding_the_queue_busy_returns_at_once(db, aws_key, sqs):
-    raw_url, url = make_queue(sqs)
-    a, b = connect(db), connect(db)
-    for c in (a, b):
-        set_credentials(c, aws_key)
-    a.autocommit = False
-    assert loaded_sample(drain(a, url, visibility_timeout=VIS))  # holds the queue until it commits
-    notices = []
-    b.add_notice_handler(lambda n: notices.append(n.message_primary))
-    start = time.monotonic()
-    assert drain(b, url) == (None, 0, 0, 0, 0)
-    assert time.monotonic() - start < 1.0
-    assert any("another session is draining" in n for n in notices), notices
-    a.commit()
-    assert b.execute("SELECT status FROM fetch_etl.drain_runs ORDER BY run_id").fetchall() == [("ok",), ("skipped",)]
-    # once A has committed, B can drain again
-    assert drain(b, url)[0] is not None
-    a.close(), b.close()
 
 
 def test_on_error_record_keeps_the_failure_in_drain_runs(pg, sqs):
