@@ -1,0 +1,99 @@
+//! The public contracts are defined once, in `fetch_etl_core::contract` and
+//! `fetch_etl_core::settings`; these tests fail when the SQL or the docs
+//! drift from them.
+
+use std::path::PathBuf;
+
+use fetch_etl_core::contract::{RejectReason, RunStatus};
+use fetch_etl_core::settings;
+
+fn repo_file(path: &str) -> String {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// The backticked first cells of the first table after the heading `heading`.
+fn table_keys(doc: &str, heading: &str) -> Vec<String> {
+    let start = doc
+        .lines()
+        .position(|l| l.trim_end() == heading)
+        .unwrap_or_else(|| panic!("no heading {heading:?}"));
+    doc.lines()
+        .skip(start + 1)
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .filter_map(|l| {
+            let cell = l.trim_start_matches('|').split('|').next()?.trim();
+            let inner = cell.strip_prefix('`')?.split('`').next()?;
+            Some(inner.to_string())
+        })
+        .collect()
+}
+
+/// The quoted values of `column IN ('a', 'b', ...)` in a SQL file.
+fn check_list(sql: &str, column: &str) -> Vec<String> {
+    let needle = format!("CHECK ({column} IN (");
+    let at = sql
+        .find(&needle)
+        .unwrap_or_else(|| panic!("no {needle:?} in the SQL"));
+    let rest = &sql[at + needle.len()..];
+    let list = &rest[..rest.find(')').expect("closing parenthesis")];
+    list.split(',')
+        .map(|v| v.trim().trim_matches('\'').to_string())
+        .collect()
+}
+
+fn strings<T: Copy>(all: &[T], f: impl Fn(T) -> &'static str) -> Vec<String> {
+    all.iter().map(|&v| f(v).to_string()).collect()
+}
+
+#[test]
+fn run_statuses_match_the_sql_check() {
+    let sql = repo_file("sql/bootstrap.sql");
+    assert_eq!(
+        check_list(&sql, "status"),
+        strings(RunStatus::ALL, RunStatus::as_str)
+    );
+}
+
+#[test]
+fn run_statuses_match_the_reference() {
+    let doc = repo_file("docs/reference.md");
+    assert_eq!(
+        table_keys(&doc, "## Run statuses"),
+        strings(RunStatus::ALL, RunStatus::as_str)
+    );
+}
+
+#[test]
+fn reject_reasons_match_the_reference() {
+    let doc = repo_file("docs/reference.md");
+    assert_eq!(
+        table_keys(&doc, "## Reject reasons"),
+        strings(RejectReason::ALL, RejectReason::as_str)
+    );
+}
+
+#[test]
+fn settings_match_the_reference() {
+    let doc = repo_file("docs/reference.md");
+    let documented = table_keys(&doc, "## Settings");
+    let defined: Vec<String> = settings::all_names()
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(documented, defined);
+}
+
+#[test]
+fn the_helpers_read_what_they_claim() {
+    // A positive control for the parsers above, on a known snippet.
+    let doc = "## X\n\ntext\n\n| a | b |\n| --- | --- |\n| `one` | 1 |\n| `two` | 2 |\n\n| `three` | 3 |\n";
+    assert_eq!(table_keys(doc, "## X"), vec!["one", "two"]);
+    assert_eq!(
+        check_list("x text CHECK (status IN ('a', 'b')),", "status"),
+        vec!["a", "b"]
+    );
+}
