@@ -21,14 +21,14 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use tokio::sync::mpsc;
 
-use fetch_etl_core::contract::{OnError, RunStatus};
+use fetch_etl_core::contract::OnError;
 use fetch_etl_core::error::{Classified, ErrorKind};
 use fetch_etl_core::sqs::pump::{pump, PumpConfig, PumpEvent};
 use fetch_etl_core::sqs::queue_url::for_message;
 use fetch_etl_core::sqs::{Client, Message, SqsError};
 
 use crate::postgres::error::{raise, OrRaise};
-use crate::postgres::runs::{self, RunCounts, RunRequest};
+use crate::postgres::runs::{self, Counts, Finished, RunRequest};
 use crate::postgres::spi::{extension_owner, in_subxact};
 use crate::postgres::store::Store;
 use crate::postgres::{aws, deletes, runtime, settings};
@@ -41,10 +41,7 @@ const LOCK_CLASS: i32 = 0x6665_7463;
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Summary {
     pub(crate) run_id: Option<i64>,
-    pub(crate) received: i64,
-    pub(crate) loaded: i64,
-    pub(crate) rejected: i64,
-    pub(crate) duplicates: i64,
+    pub(crate) counts: Counts,
 }
 
 pub(crate) struct Args<'a> {
@@ -77,12 +74,7 @@ pub(crate) fn drain(args: Args<'_>) -> Summary {
     .or_raise();
     let owner = extension_owner();
     if !lock_queue(args.queue_url) {
-        let run_id = runs::record(
-            owner,
-            &args.request(args.target_table),
-            RunStatus::Skipped,
-            None,
-        );
+        let run_id = runs::record_skipped(owner, &args.request(args.target_table));
         pgrx::notice!(
             "fetch_etl: another session is draining {}; this call (run {run_id}) did nothing",
             for_message(args.queue_url)
@@ -96,12 +88,7 @@ pub(crate) fn drain(args: Args<'_>) -> Summary {
             Err(e) if e.is_interrupt() => e.rethrow(),
             Err(e) => {
                 let why = e.describe();
-                let run_id = runs::record(
-                    owner,
-                    &args.request(args.target_table),
-                    RunStatus::Failed,
-                    Some(&why),
-                );
+                let run_id = runs::record_failed(owner, &args.request(args.target_table), &why);
                 pgrx::warning!("fetch_etl: drain run {run_id} failed and was rolled back: {why}");
                 Summary {
                     run_id: Some(run_id),
@@ -144,30 +131,28 @@ fn run(args: &Args<'_>, owner: pg_sys::Oid) -> Summary {
 
     aws::remember_protocol(&client);
     let error = stop_error.map(|e| client.redact(&e.to_string()));
-    let counts = RunCounts {
-        received: summary.received,
-        loaded: summary.loaded,
-        rejected: summary.rejected,
-        duplicates: summary.duplicates,
+    let finished = Finished {
+        counts: summary.counts,
         receive_calls: calls,
         active_seconds: active.as_secs_f64(),
+        protocol: client.protocol().map(|p| p.as_str()),
+        error: error.as_deref(),
     };
-    let protocol = client.protocol().map(|p| p.as_str());
-    runs::finish(owner, run_id, &counts, protocol, error.as_deref());
+    runs::finish(owner, run_id, &finished);
     let secs = started.elapsed().as_secs_f64();
     let queue = for_message(args.queue_url);
     if let Some(e) = &error {
         pgrx::warning!(
             "fetch_etl: drain run {run_id} stopped early after {} messages: {e}; what was received is stored",
-            summary.received
+            summary.counts.received
         );
-    } else if summary.received > 0 {
+    } else if summary.counts.received > 0 {
         pgrx::log!(
             "fetch_etl: drain run {run_id} of {queue}: received {}, loaded {}, rejected {}, duplicates {} in {secs:.2} s",
-            summary.received,
-            summary.loaded,
-            summary.rejected,
-            summary.duplicates
+            summary.counts.received,
+            summary.counts.loaded,
+            summary.counts.rejected,
+            summary.counts.duplicates
         );
     } else {
         pgrx::debug1!("fetch_etl: drain run {run_id} of {queue}: queue empty");
@@ -235,7 +220,13 @@ fn receive_loop(
 
 fn store_batch(ctx: &mut Ctx<'_>, msgs: Vec<Message>, summary: &mut Summary) {
     let handles: Vec<String> = msgs.iter().map(|m| m.receipt_handle.clone()).collect();
-    store_messages(&mut ctx.store, ctx.run_id, ctx.queue_url, &msgs, summary);
+    store_messages(
+        &mut ctx.store,
+        ctx.run_id,
+        ctx.queue_url,
+        &msgs,
+        &mut summary.counts,
+    );
     deletes::after_commit(ctx.client.clone(), handles);
 }
 
@@ -246,9 +237,9 @@ fn store_messages(
     run_id: i64,
     queue_url: &str,
     msgs: &[Message],
-    summary: &mut Summary,
+    counts: &mut Counts,
 ) {
-    summary.received += msgs.len() as i64;
+    counts.received += msgs.len() as i64;
     // The same message twice in one batch (redelivered while we worked): keep the first.
     let mut seen = HashSet::with_capacity(msgs.len());
     let mut unique: Vec<&Message> = Vec::with_capacity(msgs.len());
@@ -256,7 +247,7 @@ fn store_messages(
         if seen.insert(m.message_id.as_str()) {
             unique.push(m);
         } else {
-            summary.duplicates += 1;
+            counts.duplicates += 1;
         }
     }
     Spi::connect_mut(|client| {
@@ -267,11 +258,11 @@ fn store_messages(
             .copied()
             .filter(|m| new_ids.contains(&m.message_id))
             .collect();
-        summary.duplicates += (unique.len() - fresh.len()) as i64;
+        counts.duplicates += (unique.len() - fresh.len()) as i64;
 
         let outcome = store.load(client, &fresh);
-        summary.loaded += outcome.loaded.len() as i64;
-        summary.rejected += outcome.refused.len() as i64;
+        counts.loaded += outcome.loaded.len() as i64;
+        counts.rejected += outcome.refused.len() as i64;
         store.insert_dead_letters(client, run_id, queue_url, &fresh, &outcome.refused);
     });
 }
@@ -284,7 +275,7 @@ pub(crate) fn bench_store(bodies: Vec<String>, target_table: &str) -> i64 {
     let mut store = Store::open(target_table, settings::max_body_bytes());
     let batch = settings::batch_size();
     let tag = fetch_etl_core::time::now_ms();
-    let mut summary = Summary::default();
+    let mut counts = Counts::default();
     for (k, chunk) in bodies.chunks(batch).enumerate() {
         let msgs: Vec<Message> = chunk
             .iter()
@@ -297,10 +288,10 @@ pub(crate) fn bench_store(bodies: Vec<String>, target_table: &str) -> i64 {
                 receive_count: Some(1),
             })
             .collect();
-        store_messages(&mut store, -1, "bench", &msgs, &mut summary);
+        store_messages(&mut store, -1, "bench", &msgs, &mut counts);
     }
     Spi::connect_mut(|client| store.flush_vault(client));
-    summary.loaded
+    counts.loaded
 }
 
 /// sqs_drain stores the UTF-8 text SQS delivers: the database must be UTF8

@@ -48,7 +48,8 @@ fn sqs_drain(
         visibility_timeout,
         on_error,
     });
-    TableIterator::once((s.run_id, s.received, s.loaded, s.rejected, s.duplicates))
+    let c = s.counts;
+    TableIterator::once((s.run_id, c.received, c.loaded, c.rejected, c.duplicates))
 }
 
 /// Messages in a queue, from SQS GetQueueAttributes (approximate, as SQS says).

@@ -6,13 +6,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use fetch_etl_core::error::ErrorKind;
-use fetch_etl_core::settings as def;
+use fetch_etl_core::settings as defs;
 use fetch_etl_core::sqs::retry::RetryPolicy;
 use fetch_etl_core::sqs::{Client, ClientConfig, Credentials, Protocol, QueueRef};
 
 use super::error::{raise, raise_with_hint, OrRaise};
 use super::runtime;
-use super::settings as guc;
+use super::settings;
 
 thread_local! {
     /// Protocol detected per endpoint, remembered for the backend's lifetime.
@@ -25,10 +25,10 @@ pub(crate) fn client_for(queue_url: &str) -> Arc<Client> {
     let creds = credentials();
     let region = region_for(&queue);
     let cfg = ClientConfig {
-        protocol: guc::sqs_protocol(),
-        request_timeout: guc::http_timeout(),
+        protocol: settings::sqs_protocol(),
+        request_timeout: settings::http_timeout(),
         retry: RetryPolicy {
-            max_attempts: guc::http_max_attempts(),
+            max_attempts: settings::http_max_attempts(),
             ..RetryPolicy::default()
         },
         ..ClientConfig::default()
@@ -62,7 +62,7 @@ fn env(name: &str) -> Option<String> {
 }
 
 fn endpoint_override() -> Option<String> {
-    guc::string(&guc::SQS_ENDPOINT_URL)
+    settings::string(&settings::SQS_ENDPOINT_URL)
         .or_else(|| env("AWS_ENDPOINT_URL_SQS"))
         .or_else(|| env("AWS_ENDPOINT_URL"))
 }
@@ -71,7 +71,7 @@ fn region_for(queue: &QueueRef) -> String {
     queue
         .host_region
         .clone()
-        .or_else(|| guc::string(&guc::AWS_REGION))
+        .or_else(|| settings::string(&settings::AWS_REGION))
         .or_else(|| env("AWS_REGION"))
         .or_else(|| env("AWS_DEFAULT_REGION"))
         .unwrap_or_else(|| "us-east-1".to_string())
@@ -80,13 +80,13 @@ fn region_for(queue: &QueueRef) -> String {
 /// Credentials from the fetch_etl.aws_* settings when the access key id is
 /// set there, otherwise from the server's environment.
 fn credentials() -> Credentials {
-    let from_settings = guc::string(&guc::AWS_ACCESS_KEY_ID).is_some();
+    let from_settings = settings::string(&settings::AWS_ACCESS_KEY_ID).is_some();
     let (key, secret, token, source) = if from_settings {
         warn_if_settings_exposed();
         (
-            guc::string(&guc::AWS_ACCESS_KEY_ID),
-            guc::string(&guc::AWS_SECRET_ACCESS_KEY),
-            guc::string(&guc::AWS_SESSION_TOKEN),
+            settings::string(&settings::AWS_ACCESS_KEY_ID),
+            settings::string(&settings::AWS_SECRET_ACCESS_KEY),
+            settings::string(&settings::AWS_SESSION_TOKEN),
             "the fetch_etl.aws_* settings",
         )
     } else {
@@ -117,11 +117,14 @@ fn credentials() -> Credentials {
 /// any role in sessions that have not loaded fetch_etl, unless it is preloaded.
 fn warn_if_settings_exposed() {
     thread_local!(static WARNED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
-    let secret = def::AWS_SECRET_ACCESS_KEY.name;
-    if !guc::preloaded() && guc::set_persistently(secret) && !WARNED.with(|w| w.replace(true)) {
+    let secret = defs::AWS_SECRET_ACCESS_KEY.name;
+    if !settings::preloaded()
+        && settings::set_persistently(secret)
+        && !WARNED.with(|w| w.replace(true))
+    {
         pgrx::warning!(
             "{} is set in the server configuration but fetch_etl is not in shared_preload_libraries: sessions that have not loaded fetch_etl can read it",
-            def::AWS_SECRET_ACCESS_KEY.name_str()
+            defs::AWS_SECRET_ACCESS_KEY.name_str()
         );
     }
 }

@@ -23,6 +23,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use fetch_etl_core::error::ErrorKind;
+use fetch_etl_core::settings as defs;
 use fetch_etl_core::sqs::Client;
 
 use super::error::raise_with_hint;
@@ -164,7 +165,7 @@ fn delete_now(pending: Vec<Pending>) {
         }
         None => pgrx::warning!(
             "fetch_etl: deleting {total} drained messages from SQS took longer than {} ({} ms); messages not deleted will come back and be counted as duplicates",
-            fetch_etl_core::settings::DELETE_TIMEOUT.name_str(),
+            defs::DELETE_TIMEOUT.name_str(),
             limit.as_millis()
         ),
     }

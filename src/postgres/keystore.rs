@@ -93,7 +93,7 @@ fn key_table_oid() -> pg_sys::Oid {
 
 /// Reads the active key: the highest generation; among equal generations the
 /// oldest row (so a restored key wins over the one a restore's CREATE
-/// EXTENSION generated, see docs/operations.md, "Backups").
+/// EXTENSION generated, see docs/operations.md, "The masking key").
 fn load_active_key() -> (pg_sys::Oid, Masker) {
     let relid = key_table_oid();
     let mut best: Option<(i32, i64, Vec<u8>)> = None;

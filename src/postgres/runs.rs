@@ -18,16 +18,25 @@ pub(crate) struct RunRequest<'a> {
     pub(crate) wait_seconds: i32,
 }
 
-/// What a finished run did.
+/// What a run did with the messages it received (`received = loaded +
+/// rejected + duplicates`): what sqs_drain returns and drain_runs records.
 #[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct RunCounts {
+pub(crate) struct Counts {
     pub(crate) received: i64,
     pub(crate) loaded: i64,
     pub(crate) rejected: i64,
     pub(crate) duplicates: i64,
+}
+
+/// How a finished run went.
+pub(crate) struct Finished<'a> {
+    pub(crate) counts: Counts,
     pub(crate) receive_calls: i32,
     /// From the start until the last message was stored.
     pub(crate) active_seconds: f64,
+    pub(crate) protocol: Option<&'a str>,
+    /// What stopped receiving early (the run is then `partial`).
+    pub(crate) error: Option<&'a str>,
 }
 
 fn insert(owner: pg_sys::Oid, req: &RunRequest<'_>, status: RunStatus, error: Option<&str>) -> i64 {
@@ -64,25 +73,20 @@ pub(crate) fn start(owner: pg_sys::Oid, req: &RunRequest<'_>) -> i64 {
     insert(owner, req, RunStatus::Running, None)
 }
 
-/// A run that did no work: skipped (queue busy) or failed (rolled back).
-pub(crate) fn record(
-    owner: pg_sys::Oid,
-    req: &RunRequest<'_>,
-    status: RunStatus,
-    error: Option<&str>,
-) -> i64 {
-    insert(owner, req, status, error)
+/// A run that found the queue busy and did nothing.
+pub(crate) fn record_skipped(owner: pg_sys::Oid, req: &RunRequest<'_>) -> i64 {
+    insert(owner, req, RunStatus::Skipped, None)
 }
 
-/// Completes a started run: `ok`, or `partial` when `error` stopped it early.
-pub(crate) fn finish(
-    owner: pg_sys::Oid,
-    run_id: i64,
-    c: &RunCounts,
-    protocol: Option<&str>,
-    error: Option<&str>,
-) {
-    let status = match error {
+/// A run that failed and was rolled back (`on_error => 'record'`).
+pub(crate) fn record_failed(owner: pg_sys::Oid, req: &RunRequest<'_>, error: &str) -> i64 {
+    insert(owner, req, RunStatus::Failed, Some(error))
+}
+
+/// Completes a started run: `ok`, or `partial` when an error stopped it early.
+pub(crate) fn finish(owner: pg_sys::Oid, run_id: i64, f: &Finished<'_>) {
+    let c = &f.counts;
+    let status = match f.error {
         None => RunStatus::Ok,
         Some(_) => RunStatus::Partial,
     };
@@ -101,10 +105,10 @@ pub(crate) fn finish(
                     c.loaded.into(),
                     c.rejected.into(),
                     c.duplicates.into(),
-                    c.receive_calls.into(),
-                    error.map(str::to_string).into(),
-                    protocol.map(str::to_string).into(),
-                    c.active_seconds.into(),
+                    f.receive_calls.into(),
+                    f.error.map(str::to_string).into(),
+                    f.protocol.map(str::to_string).into(),
+                    f.active_seconds.into(),
                 ],
             )
             .map(|_| ())

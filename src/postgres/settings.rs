@@ -11,7 +11,7 @@ use std::time::Duration;
 use pgrx::prelude::*;
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 
-use fetch_etl_core::settings::{self as def, Access, IntSetting, StringSetting, Unit};
+use fetch_etl_core::settings::{self as defs, Access, IntSetting, StringSetting, Unit};
 use fetch_etl_core::sqs::Protocol;
 
 type StringGuc = GucSetting<Option<CString>>;
@@ -23,12 +23,12 @@ pub(crate) static AWS_REGION: StringGuc = StringGuc::new(None);
 pub(crate) static SQS_ENDPOINT_URL: StringGuc = StringGuc::new(None);
 static SQS_PROTOCOL: GucSetting<SqsProtocol> = GucSetting::<SqsProtocol>::new(SqsProtocol::Auto);
 static RECEIVE_CONCURRENCY: GucSetting<i32> =
-    GucSetting::<i32>::new(def::RECEIVE_CONCURRENCY.default);
-static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(def::BATCH_SIZE.default);
-static MAX_BODY_BYTES: GucSetting<i32> = GucSetting::<i32>::new(def::MAX_BODY_BYTES.default);
-static HTTP_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(def::HTTP_TIMEOUT.default);
-static HTTP_MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(def::HTTP_MAX_ATTEMPTS.default);
-static DELETE_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(def::DELETE_TIMEOUT.default);
+    GucSetting::<i32>::new(defs::RECEIVE_CONCURRENCY.default);
+static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(defs::BATCH_SIZE.default);
+static MAX_BODY_BYTES: GucSetting<i32> = GucSetting::<i32>::new(defs::MAX_BODY_BYTES.default);
+static HTTP_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(defs::HTTP_TIMEOUT.default);
+static HTTP_MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(defs::HTTP_MAX_ATTEMPTS.default);
+static DELETE_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(defs::DELETE_TIMEOUT.default);
 
 /// `fetch_etl.sqs_protocol`. The GUC needs its own enum (pgrx derives the
 /// catalog of values from it); [`sqs_protocol`] maps it to the client's.
@@ -93,12 +93,12 @@ fn define_int(def: &IntSetting, guc: &'static GucSetting<i32>) {
 pub(crate) fn init() {
     // SAFETY: reading a flag PostgreSQL sets while loading preload libraries.
     PRELOADED.with(|p| p.set(unsafe { pg_sys::process_shared_preload_libraries_in_progress }));
-    define_string(&def::AWS_ACCESS_KEY_ID, &AWS_ACCESS_KEY_ID);
-    define_string(&def::AWS_SECRET_ACCESS_KEY, &AWS_SECRET_ACCESS_KEY);
-    define_string(&def::AWS_SESSION_TOKEN, &AWS_SESSION_TOKEN);
-    define_string(&def::AWS_REGION, &AWS_REGION);
-    define_string(&def::SQS_ENDPOINT_URL, &SQS_ENDPOINT_URL);
-    let p = &def::SQS_PROTOCOL;
+    define_string(&defs::AWS_ACCESS_KEY_ID, &AWS_ACCESS_KEY_ID);
+    define_string(&defs::AWS_SECRET_ACCESS_KEY, &AWS_SECRET_ACCESS_KEY);
+    define_string(&defs::AWS_SESSION_TOKEN, &AWS_SESSION_TOKEN);
+    define_string(&defs::AWS_REGION, &AWS_REGION);
+    define_string(&defs::SQS_ENDPOINT_URL, &SQS_ENDPOINT_URL);
+    let p = &defs::SQS_PROTOCOL;
     GucRegistry::define_enum_guc(
         p.name,
         p.short,
@@ -107,16 +107,16 @@ pub(crate) fn init() {
         context(p.access),
         GucFlags::default(),
     );
-    define_int(&def::RECEIVE_CONCURRENCY, &RECEIVE_CONCURRENCY);
-    define_int(&def::BATCH_SIZE, &BATCH_SIZE);
-    define_int(&def::MAX_BODY_BYTES, &MAX_BODY_BYTES);
-    define_int(&def::HTTP_TIMEOUT, &HTTP_TIMEOUT);
-    define_int(&def::HTTP_MAX_ATTEMPTS, &HTTP_MAX_ATTEMPTS);
-    define_int(&def::DELETE_TIMEOUT, &DELETE_TIMEOUT);
+    define_int(&defs::RECEIVE_CONCURRENCY, &RECEIVE_CONCURRENCY);
+    define_int(&defs::BATCH_SIZE, &BATCH_SIZE);
+    define_int(&defs::MAX_BODY_BYTES, &MAX_BODY_BYTES);
+    define_int(&defs::HTTP_TIMEOUT, &HTTP_TIMEOUT);
+    define_int(&defs::HTTP_MAX_ATTEMPTS, &HTTP_MAX_ATTEMPTS);
+    define_int(&defs::DELETE_TIMEOUT, &DELETE_TIMEOUT);
     // SAFETY: reserves the prefix so typos in fetch_etl.* settings are reported.
     #[cfg(any(feature = "pg15", feature = "pg16", feature = "pg17", feature = "pg18"))]
     unsafe {
-        pg_sys::MarkGUCPrefixReserved(def::PREFIX.as_ptr())
+        pg_sys::MarkGUCPrefixReserved(defs::PREFIX.as_ptr())
     };
 }
 
@@ -156,25 +156,95 @@ pub(crate) fn sqs_protocol() -> Option<Protocol> {
 }
 
 pub(crate) fn receive_concurrency() -> usize {
-    int(&def::RECEIVE_CONCURRENCY, &RECEIVE_CONCURRENCY) as usize
+    int(&defs::RECEIVE_CONCURRENCY, &RECEIVE_CONCURRENCY) as usize
 }
 
 pub(crate) fn batch_size() -> usize {
-    int(&def::BATCH_SIZE, &BATCH_SIZE) as usize
+    int(&defs::BATCH_SIZE, &BATCH_SIZE) as usize
 }
 
 pub(crate) fn max_body_bytes() -> usize {
-    int(&def::MAX_BODY_BYTES, &MAX_BODY_BYTES) as usize
+    int(&defs::MAX_BODY_BYTES, &MAX_BODY_BYTES) as usize
 }
 
 pub(crate) fn http_timeout() -> Duration {
-    millis(&def::HTTP_TIMEOUT, &HTTP_TIMEOUT)
+    millis(&defs::HTTP_TIMEOUT, &HTTP_TIMEOUT)
 }
 
 pub(crate) fn http_max_attempts() -> u32 {
-    int(&def::HTTP_MAX_ATTEMPTS, &HTTP_MAX_ATTEMPTS) as u32
+    int(&defs::HTTP_MAX_ATTEMPTS, &HTTP_MAX_ATTEMPTS) as u32
 }
 
 pub(crate) fn delete_timeout() -> Duration {
-    millis(&def::DELETE_TIMEOUT, &DELETE_TIMEOUT)
+    millis(&defs::DELETE_TIMEOUT, &DELETE_TIMEOUT)
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    use fetch_etl_core::settings::{self as defs, Access};
+
+    fn context(access: Access) -> &'static str {
+        match access {
+            Access::Anyone => "user",
+            Access::Superuser => "superuser",
+        }
+    }
+
+    /// What PostgreSQL registered is what the core defines: names, contexts,
+    /// defaults, bounds and enum values.
+    #[pg_test]
+    fn registered_settings_match_the_core_definitions() {
+        let registered: Vec<String> = Spi::connect(|c| {
+            c.select(
+                "SELECT name::text FROM pg_catalog.pg_settings WHERE name LIKE 'fetch\\_etl.%' ORDER BY 1",
+                None,
+                &[],
+            )
+            .unwrap()
+            .map(|r| r.get::<String>(1).unwrap().unwrap())
+            .collect()
+        });
+        let mut defined: Vec<String> = defs::all_names().into_iter().map(String::from).collect();
+        defined.sort();
+        assert_eq!(registered, defined);
+        let row = |name: &str| {
+            Spi::get_three_with_args::<String, String, String>(
+                "SELECT context, boot_val, coalesce(min_val, '') || '..' || coalesce(max_val, '') \
+                 FROM pg_catalog.pg_settings WHERE name = $1",
+                &[name.into()],
+            )
+            .unwrap()
+        };
+        for s in defs::INTS {
+            let (ctx, boot, range) = row(s.name_str());
+            assert_eq!(ctx.as_deref(), Some(context(s.access)), "{}", s.name_str());
+            assert_eq!(boot, Some(s.default.to_string()), "{}", s.name_str());
+            assert_eq!(
+                range,
+                Some(format!("{}..{}", s.min, s.max)),
+                "{}",
+                s.name_str()
+            );
+        }
+        for s in defs::STRINGS {
+            let (ctx, boot, _) = row(s.name_str());
+            assert_eq!(ctx.as_deref(), Some(context(s.access)), "{}", s.name_str());
+            assert_eq!(boot.unwrap_or_default(), "", "{}", s.name_str());
+        }
+        for s in defs::ENUMS {
+            let (ctx, boot, _) = row(s.name_str());
+            assert_eq!(ctx.as_deref(), Some(context(s.access)));
+            assert_eq!(boot.as_deref(), Some(s.values[0]));
+            let vals = Spi::get_one_with_args::<Vec<String>>(
+                "SELECT enumvals FROM pg_catalog.pg_settings WHERE name = $1",
+                &[s.name_str().into()],
+            )
+            .unwrap()
+            .unwrap();
+            assert_eq!(vals, s.values);
+        }
+    }
 }

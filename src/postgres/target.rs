@@ -50,7 +50,7 @@ pub(crate) fn resolve(name: &str) -> TargetShape {
                 &[n.into()],
             )
             .and_then(|t| t.first().get_one::<pg_sys::Oid>())
-            .or_raise_spi("target table")
+            .or_raise_spi("SPI")
         };
         let relid = match lookup(c, name) {
             Some(oid) => oid,
@@ -58,7 +58,7 @@ pub(crate) fn resolve(name: &str) -> TargetShape {
                 let parts: Vec<Option<String>> = c
                     .update("SELECT pg_catalog.parse_ident($1)", None, &[name.into()])
                     .and_then(|t| t.first().get_one::<Vec<Option<String>>>())
-                    .or_raise_spi("target table")
+                    .or_raise_spi("SPI")
                     .unwrap_or_default();
                 let parts: Vec<String> = parts.into_iter().flatten().collect();
                 let (schema, table) = match parts.as_slice() {
@@ -70,7 +70,7 @@ pub(crate) fn resolve(name: &str) -> TargetShape {
                                 &[],
                             )
                             .and_then(|t| t.first().get_one())
-                            .or_raise_spi("target table");
+                            .or_raise_spi("SPI");
                         match s {
                             Some(s) => (s, t.clone()),
                             None => raise_with_hint(
@@ -93,7 +93,7 @@ pub(crate) fn resolve(name: &str) -> TargetShape {
                     None,
                     &[],
                 )
-                .or_raise_spi("target table");
+                .or_raise_spi("SPI");
                 pgrx::notice!("fetch_etl: created table {qualified}");
                 lookup(c, &qualified)
                     .unwrap_or_else(|| raise(ErrorKind::Internal, "created table not found"))
@@ -110,7 +110,7 @@ pub(crate) fn resolve(name: &str) -> TargetShape {
                 &[relid.into()],
             )
             .and_then(|t| t.first().get_three())
-            .or_raise_spi("target table");
+            .or_raise_spi("SPI");
         let sql_name = sql_name.unwrap_or_else(|| {
             raise(
                 ErrorKind::UndefinedObject,
@@ -139,7 +139,7 @@ pub(crate) fn resolve(name: &str) -> TargetShape {
                 None,
                 &[relid.into()],
             )
-            .or_raise_spi("target table");
+            .or_raise_spi("SPI");
         for row in table {
             let get = |i| row.get::<String>(i).ok().flatten().unwrap_or_default();
             let oid = row

@@ -475,6 +475,27 @@ def test_prune(pg, sqs):
     assert e.value.sqlstate == "22023"
 
 
+def test_a_drain_finding_the_queue_busy_returns_at_once(db, aws_key, sqs):
+    """The interleaving is the isolation spec queue_lock; this keeps its timing."""
+    raw_url, url = make_queue(sqs)
+    a, b = connect(db), connect(db)
+    for c in (a, b):
+        set_credentials(c, aws_key)
+    a.autocommit = False
+    assert loaded_sample(drain(a, url, visibility_timeout=VIS))  # holds the queue until it commits
+    notices = []
+    b.add_notice_handler(lambda n: notices.append(n.message_primary))
+    start = time.monotonic()
+    assert drain(b, url) == (None, 0, 0, 0, 0)
+    assert time.monotonic() - start < 1.0
+    assert any("another session is draining" in n for n in notices), notices
+    a.commit()
+    assert b.execute("SELECT status FROM fetch_etl.drain_runs ORDER BY run_id").fetchall() == [("ok",), ("skipped",)]
+    # once A has committed, B can drain again
+    assert drain(b, url)[0] is not None
+    a.close(), b.close()
+
+
 def test_on_error_record_keeps_the_failure_in_drain_runs(pg, sqs):
     _, url = make_queue(sqs, [json.dumps(VALID[0])])
     pg.execute("SET fetch_etl.aws_secret_access_key = 'wrong-secret-Xyz123'")

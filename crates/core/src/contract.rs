@@ -1,7 +1,8 @@
 //! The public vocabulary of fetch_etl: values users filter on, check in SQL
-//! and read in the docs. Each is spelled once, here; `tests/contracts.rs`
-//! checks that the SQL CHECK constraints and docs/reference.md list exactly
-//! these.
+//! and read in the docs. Each is spelled once, here. `tests/contracts.rs`
+//! checks that the drain_runs status CHECK lists exactly the run statuses,
+//! that docs/reference.md's tables list exactly the reject reasons and run
+//! statuses, and that its sqs_drain signature names every on_error mode.
 
 use std::fmt;
 

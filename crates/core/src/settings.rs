@@ -49,6 +49,9 @@ pub struct EnumSetting {
     pub name: &'static CStr,
     pub short: &'static CStr,
     pub long: &'static CStr,
+    /// The accepted values, the default first. (The extension's GUC enum must
+    /// list the same; a #[pg_test] compares them with pg_settings.)
+    pub values: &'static [&'static str],
     pub access: Access,
 }
 
@@ -58,6 +61,12 @@ fn text(name: &'static CStr) -> &'static str {
 }
 
 impl StringSetting {
+    pub fn name_str(&self) -> &'static str {
+        text(self.name)
+    }
+}
+
+impl EnumSetting {
     pub fn name_str(&self) -> &'static str {
         text(self.name)
     }
@@ -105,7 +114,7 @@ pub const AWS_SESSION_TOKEN: StringSetting = StringSetting {
 
 pub const AWS_REGION: StringSetting = StringSetting {
     name: c"fetch_etl.aws_region",
-    short: c"AWS region for signing when the queue host names none (default: AWS_REGION, then us-east-1).",
+    short: c"AWS region for signing when the queue host names none (default: AWS_REGION, AWS_DEFAULT_REGION, then us-east-1).",
     long: c"",
     access: Access::Superuser,
     secret: false,
@@ -123,6 +132,7 @@ pub const SQS_PROTOCOL: EnumSetting = EnumSetting {
     name: c"fetch_etl.sqs_protocol",
     short: c"SQS wire protocol: auto (JSON, falling back to Query), json, or query.",
     long: c"",
+    values: &["auto", "json", "query"],
     access: Access::Anyone,
 };
 

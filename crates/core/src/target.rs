@@ -138,10 +138,6 @@ pub fn shape(sql_name: &str, columns: &[Column]) -> Result<TargetShape, TargetEr
                 column: name,
             })
     };
-    // Check every required column exists first, in order, so the error names the first missing one.
-    for name in REQUIRED {
-        col(name)?;
-    }
     let text_limit = |name: &'static str| -> Result<Option<usize>, TargetError> {
         let c = col(name)?;
         c.ty.text_limit().ok_or_else(|| TargetError::NotText {
@@ -201,15 +197,16 @@ pub fn shape(sql_name: &str, columns: &[Column]) -> Result<TargetShape, TargetEr
         AppVersionArray::Int8 => "int8",
         AppVersionArray::Text => "text",
     };
-    let cols: Vec<String> = REQUIRED.iter().map(|c| quote_identifier(c)).collect();
+    // The required names are plain lowercase identifiers: no quoting needed
+    // (checked by the_required_names_need_no_quotes).
+    let cols = REQUIRED.join(", ");
     let insert_sql = format!(
-        "INSERT INTO {sql_name} ({}) \
+        "INSERT INTO {sql_name} ({cols}) \
          SELECT u, d, mi, md, l, av, {cd_expr} \
          FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($2::pg_catalog.text[]), \
               pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($4::pg_catalog.text[]), \
               pg_catalog.unnest($5::pg_catalog.text[]), pg_catalog.unnest($6::pg_catalog.{array_type}[]), \
-              pg_catalog.unnest($7::pg_catalog.text[])) AS t(u, d, mi, md, l, av, cd)",
-        cols.join(", ")
+              pg_catalog.unnest($7::pg_catalog.text[])) AS t(u, d, mi, md, l, av, cd)"
     );
     Ok(TargetShape {
         sql_name: sql_name.to_string(),
@@ -227,19 +224,6 @@ pub fn shape(sql_name: &str, columns: &[Column]) -> Result<TargetShape, TargetEr
 
 fn int_range(min: i64, max: i64) -> AppVersionColumn {
     AppVersionColumn::Integer { min, max }
-}
-
-/// PostgreSQL's `quote_ident` for the fixed column names above (lowercase
-/// ASCII words need no quotes; anything else is double-quoted).
-fn quote_identifier(name: &str) -> String {
-    if name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit())
-    {
-        name.to_string()
-    } else {
-        format!("\"{}\"", name.replace('"', "\"\""))
-    }
 }
 
 #[cfg(test)]
@@ -521,7 +505,29 @@ mod tests {
         assert!(s
             .insert_sql
             .starts_with("INSERT INTO etl.\"Logins; DROP TABLE x\" ("));
-        assert_eq!(quote_identifier("user_id"), "user_id");
-        assert_eq!(quote_identifier("Weird\"Name"), "\"Weird\"\"Name\"");
+    }
+
+    #[test]
+    fn the_required_names_need_no_quotes() {
+        for name in REQUIRED {
+            assert!(
+                name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn type_errors_come_in_column_order_before_later_missing_columns() {
+        // user_id is checked before create_date is looked up (as before the split)
+        let mut cols = exercise_with("user_id", ColumnType::Integer);
+        cols.retain(|c| c.name != "create_date");
+        assert!(matches!(
+            shape("t", &cols),
+            Err(TargetError::NotText {
+                column: "user_id",
+                ..
+            })
+        ));
     }
 }

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use fetch_etl_core::contract::{RejectReason, RunStatus};
+use fetch_etl_core::contract::{OnError, RejectReason, RunStatus};
 use fetch_etl_core::settings;
 
 fn repo_file(path: &str) -> String {
@@ -74,6 +74,21 @@ fn reject_reasons_match_the_reference() {
         table_keys(&doc, "## Reject reasons"),
         strings(RejectReason::ALL, RejectReason::as_str)
     );
+}
+
+#[test]
+fn on_error_modes_are_in_the_signature() {
+    let doc = repo_file("docs/reference.md");
+    let line = doc
+        .lines()
+        .find(|l| l.trim_start().starts_with("on_error"))
+        .expect("the on_error line of sqs_drain's signature");
+    for m in OnError::ALL {
+        assert!(
+            line.contains(&format!("'{m}'")),
+            "{m} missing from {line:?}"
+        );
+    }
 }
 
 #[test]

@@ -45,8 +45,18 @@ pub struct Client<T = HttpTransport> {
     queue: QueueRef,
     /// The protocol the endpoint is known to speak (None: not known yet).
     known: Mutex<Option<Protocol>>,
-    budget: RetryBudget,
+    /// One retry budget per kind of call, so that retries spent while
+    /// receiving never starve the deletes after COMMIT.
+    budgets: [RetryBudget; 3],
     rng: Mutex<fastrand::Rng>,
+}
+
+/// The kinds of call, each with its own retry budget.
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Receive = 0,
+    Delete = 1,
+    Attributes = 2,
 }
 
 /// How one exchange ended.
@@ -79,7 +89,7 @@ impl<T: Transport> Client<T> {
             region,
             queue,
             known: Mutex::new(known),
-            budget: RetryBudget::default(),
+            budgets: Default::default(),
             rng: Mutex::new(fastrand::Rng::new()),
         }
     }
@@ -107,6 +117,7 @@ impl<T: Transport> Client<T> {
     ) -> Result<Vec<Message>, SqsError> {
         let q = &self.queue;
         self.call(
+            Op::Receive,
             |p| wire::receive_request(p, q, max, wait_seconds, visibility_timeout),
             wire::parse_receive,
             Duration::from_secs(wait_seconds as u64),
@@ -121,6 +132,7 @@ impl<T: Transport> Client<T> {
     ) -> Result<DeleteOutcome, SqsError> {
         let q = &self.queue;
         self.call(
+            Op::Delete,
             |p| wire::delete_batch_request(p, q, entries),
             wire::parse_delete_batch,
             Duration::ZERO,
@@ -135,6 +147,7 @@ impl<T: Transport> Client<T> {
     ) -> Result<HashMap<String, String>, SqsError> {
         let q = &self.queue;
         self.call(
+            Op::Attributes,
             |p| wire::get_attributes_request(p, q, names),
             wire::parse_attributes,
             Duration::ZERO,
@@ -146,12 +159,13 @@ impl<T: Transport> Client<T> {
     /// succeeds or the retry policy gives up.
     async fn call<R>(
         &self,
+        op: Op,
         build: impl Fn(Protocol) -> WireRequest,
         parse: impl Fn(Protocol, &[u8]) -> Result<R, SqsError>,
         extra_timeout: Duration,
     ) -> Result<R, SqsError> {
         let timeout = self.cfg.request_timeout + extra_timeout;
-        let mut attempts = Attempts::new(&self.cfg.retry, &self.budget);
+        let mut attempts = Attempts::new(&self.cfg.retry, &self.budgets[op as usize]);
         // Set once this call has seen the endpoint answer JSON the Query way.
         let mut speaks_query = false;
         loop {
@@ -472,6 +486,46 @@ mod tests {
         });
         assert!(waited >= Duration::from_secs(4), "{waited:?}");
         assert!(waited < Duration::from_secs(6), "{waited:?}");
+    }
+
+    #[test]
+    fn retry_after_never_waits_longer_than_the_backoff_cap() {
+        let throttled = Ok(HttpReply {
+            status: 503,
+            retry_after: Some(Duration::from_secs(3600)),
+            body: UNAVAILABLE.as_bytes().to_vec(),
+            ..HttpReply::default()
+        });
+        let fake = Fake::new(vec![throttled, reply(200, EMPTY_JSON)]);
+        let c = client(&fake, Some(Protocol::Json), 5);
+        let waited = run(async {
+            let start = tokio::time::Instant::now();
+            c.receive(10, 0, None).await.unwrap();
+            start.elapsed()
+        });
+        assert!(waited <= RetryPolicy::default().backoff_max, "{waited:?}");
+    }
+
+    #[test]
+    fn concurrent_calls_share_one_budget_and_deletes_have_their_own() {
+        // 60 failing receives in flight, 5 attempts each: without a budget 240
+        // retries; the shared 500-token budget allows 100.
+        let fake = Fake::new(vec![reply(503, UNAVAILABLE); 400]);
+        let c = client(&fake, Some(Protocol::Json), 5);
+        run(futures_util::future::join_all(
+            (0..60).map(|_| c.receive(10, 0, None)),
+        ));
+        assert_eq!(fake.requests().len(), 60 + 100);
+        // the deletes after COMMIT still get their retries
+        let before = fake.requests().len();
+        fake.answers.lock().unwrap().clear();
+        fake.answers.lock().unwrap().extend([
+            reply(503, UNAVAILABLE),
+            reply(200, r#"{"Successful":[{"Id":"0"}],"Failed":[]}"#),
+        ]);
+        let out = run(c.delete_batch(&[("0".into(), "h".into())])).unwrap();
+        assert_eq!(out.deleted, 1);
+        assert_eq!(fake.requests().len(), before + 2);
     }
 
     #[test]

@@ -6,10 +6,10 @@
 //! - waits are full-jitter exponential backoff, from a maintained RNG
 //!   (fastrand, as smithy-rs uses), never shorter than a `Retry-After` the
 //!   server sent (capped);
-//! - a token bucket ([`RetryBudget`]) shared by all calls of one client: each
-//!   retry spends tokens, successes earn some back, so eight concurrent calls
-//!   against a failing endpoint give up together instead of retrying 8 x 4
-//!   times each.
+//! - a token bucket ([`RetryBudget`]) shared by all calls of one kind of one
+//!   client: each retry spends tokens, successes earn some back, so a long
+//!   drain against an endpoint that keeps failing stops retrying after about
+//!   100 retries instead of retrying every call `max_attempts` times.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -88,7 +88,8 @@ pub struct RetryPolicy {
     pub backoff_base: Duration,
     /// ... up to this.
     pub backoff_max: Duration,
-    /// The longest `Retry-After` honoured.
+    /// The longest `Retry-After` honoured (so never a longer wait than the
+    /// backoff itself may reach).
     pub retry_after_max: Duration,
 }
 
@@ -98,7 +99,7 @@ impl Default for RetryPolicy {
             max_attempts: settings::HTTP_MAX_ATTEMPTS.default as u32,
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
-            retry_after_max: Duration::from_secs(20),
+            retry_after_max: Duration::from_secs(5),
         }
     }
 }
