@@ -27,8 +27,11 @@ RUN apt-get update \
 COPY --from=builder /out/usr/ /usr/
 COPY docker/initdb/ /docker-entrypoint-initdb.d/
 # fetch_etl is preloaded so its superuser-only settings are protected in every session.
+# It sends signed requests to AWS SQS only (fetch_etl.allowed_endpoints = 'aws');
+# docker-compose.yml adds its emulator.
 CMD ["postgres", \
      "-c", "shared_preload_libraries=pg_cron,fetch_etl", \
      "-c", "cron.database_name=postgres", \
      "-c", "cron.use_background_workers=on", \
-     "-c", "max_worker_processes=16"]
+     "-c", "max_worker_processes=16", \
+     "-c", "fetch_etl.allowed_endpoints=aws"]

@@ -52,6 +52,8 @@ CREATE TABLE fetch_etl.drain_runs (
     loaded         bigint      NOT NULL DEFAULT 0,
     rejected       bigint      NOT NULL DEFAULT 0,
     duplicates     bigint      NOT NULL DEFAULT 0,
+    -- received but left in the queue for a later drain (a ledger wait ran out): not in `received`
+    deferred       bigint      NOT NULL DEFAULT 0,
     receive_calls  integer     NOT NULL DEFAULT 0,
     active_seconds double precision,  -- from start until the last message was stored
     protocol       text,
@@ -81,7 +83,11 @@ CREATE TABLE fetch_etl.dead_letters (
     receive_count  integer,
     dead_at        timestamptz NOT NULL DEFAULT pg_catalog.now(),
     replayed_at    timestamptz,
-    replayed_by    name
+    replayed_by    name,
+    -- who produced it and for which table: a replay loads only dead letters of
+    -- its own target table unless told otherwise (NULL: before 0.2.0, unknown)
+    run_role       name,
+    target_table   text
 );
 ALTER SEQUENCE fetch_etl.dead_letters_id_seq OWNED BY fetch_etl.dead_letters.dead_letter_id;
 CREATE INDEX dead_letters_run ON fetch_etl.dead_letters (run_id);
@@ -102,3 +108,14 @@ CREATE INDEX processed_messages_at ON fetch_etl.processed_messages USING brin (p
 COMMENT ON TABLE fetch_etl.processed_messages IS 'fetch_etl: SQS message ids already loaded or dead-lettered; prune with fetch_etl.prune().';
 REVOKE ALL ON TABLE fetch_etl.processed_messages FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('fetch_etl.processed_messages', '');
+
+-- One row per queue ever drained: a drain holds its queue's row locked (FOR
+-- UPDATE, as the owner) until it commits, so two drains of a queue never run
+-- at once. Only the owner can lock these rows; an advisory lock could be taken
+-- by any role to block every drain.
+CREATE TABLE fetch_etl.queue_locks (
+    queue_key      text        COLLATE "C" PRIMARY KEY,
+    first_drained  timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+COMMENT ON TABLE fetch_etl.queue_locks IS 'fetch_etl: one lockable row per queue (normalised URL); owner only.';
+REVOKE ALL ON TABLE fetch_etl.queue_locks FROM PUBLIC;

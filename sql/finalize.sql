@@ -136,8 +136,8 @@ COMMENT ON FUNCTION fetch_etl.sqs_drain(text, integer, integer, text, integer, t
     'Drain login events from an SQS queue into target_table: masked rows, dead letters, deletes after COMMIT.';
 COMMENT ON FUNCTION fetch_etl.queue_depth(text) IS
     'Approximate visible, in-flight and delayed messages of a queue (SQS GetQueueAttributes).';
-COMMENT ON FUNCTION fetch_etl.replay_dead_letters(text, text, text, integer) IS
-    'Run dead letters through validation and the target table again; loaded ones are marked replayed.';
+COMMENT ON FUNCTION fetch_etl.replay_dead_letters(text, text, text, integer, boolean) IS
+    'Run dead letters of target_table (any_target: of any table) through validation and the target table again; loaded ones are marked replayed.';
 
 -- Secure by default: nothing here is callable by PUBLIC. mask_pii answers
 -- "what is the mask of X?", which lets a caller test guesses, so it is
@@ -152,7 +152,7 @@ REVOKE ALL ON FUNCTION fetch_etl.mask_keys_changed() FROM PUBLIC;
 REVOKE ALL ON FUNCTION fetch_etl.sqs_drain(text, integer, integer, text, integer, text) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE fetch_etl.sqs_drain_for(text, interval, integer, text, integer, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION fetch_etl.queue_depth(text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION fetch_etl.replay_dead_letters(text, text, text, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION fetch_etl.replay_dead_letters(text, text, text, integer, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION fetch_etl.prune(interval, interval, interval) FROM PUBLIC;
 REVOKE ALL ON TABLE fetch_etl.queue_health FROM PUBLIC;
 

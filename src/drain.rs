@@ -9,8 +9,9 @@
 //!    become dead letters;
 //! 3. every receipt handle is queued for deletion after COMMIT (`deletes.rs`).
 //!
-//! One drain per queue at a time: a transaction-scoped advisory lock on the
-//! queue URL; a drain that finds it taken returns at once.
+//! One drain per queue at a time: the queue's row in fetch_etl.queue_locks,
+//! locked as the owner until commit (`postgres/locks.rs`); a drain that
+//! finds it taken returns at once.
 
 use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
@@ -21,21 +22,19 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use tokio::sync::mpsc;
 
+use fetch_etl_core::budget::{MAX_PENDING_DELETE_BYTES, PUMP_HIGH_WATER, STORE_FLUSH_BYTES};
 use fetch_etl_core::contract::OnError;
 use fetch_etl_core::error::{Classified, ErrorKind};
 use fetch_etl_core::sqs::pump::{pump, PumpConfig, PumpEvent};
+use fetch_etl_core::sqs::pump::{Held, Outstanding};
 use fetch_etl_core::sqs::queue_url::for_message;
-use fetch_etl_core::sqs::{Client, Message, SqsError};
+use fetch_etl_core::sqs::{Client, Message, QueueRef, SqsError};
 
 use crate::postgres::error::{raise, OrRaise};
 use crate::postgres::runs::{self, Counts, Finished, RunRequest};
 use crate::postgres::spi::{extension_owner, in_subxact};
 use crate::postgres::store::Store;
-use crate::postgres::{aws, deletes, runtime, settings};
-
-/// `pg_try_advisory_xact_lock(LOCK_CLASS, hashtext(queue_url))` guards a queue
-/// (0x66657463, "fetc"; visible in pg_locks as classid/objid).
-const LOCK_CLASS: i32 = 0x6665_7463;
+use crate::postgres::{aws, deletes, locks, runtime, settings};
 
 /// What a call returns; `run_id` is None when the call was skipped.
 #[derive(Debug, Default, Clone, Copy)]
@@ -73,7 +72,10 @@ pub(crate) fn drain(args: Args<'_>) -> Summary {
     )
     .or_raise();
     let owner = extension_owner();
-    if !lock_queue(args.queue_url) {
+    // Where requests would go is checked before the queue is locked: a
+    // refused URL leaves no lock row behind.
+    let queue = aws::checked_queue(args.queue_url);
+    if !locks::try_lock_queue(owner, &queue.lock_key) {
         let run_id = runs::record_skipped(owner, &args.request(args.target_table));
         pgrx::notice!(
             "fetch_etl: another session is draining {}; this call (run {run_id}) did nothing",
@@ -82,8 +84,8 @@ pub(crate) fn drain(args: Args<'_>) -> Summary {
         return Summary::default();
     }
     match args.on_error {
-        OnError::Raise => run(&args, owner),
-        OnError::Record => match in_subxact(AssertUnwindSafe(|| run(&args, owner))) {
+        OnError::Raise => run(&args, owner, queue),
+        OnError::Record => match in_subxact(AssertUnwindSafe(|| run(&args, owner, queue))) {
             Ok(s) => s,
             Err(e) if e.is_interrupt() => e.rethrow(),
             Err(e) => {
@@ -99,21 +101,10 @@ pub(crate) fn drain(args: Args<'_>) -> Summary {
     }
 }
 
-/// Takes the queue's advisory lock for this transaction, if free.
-fn lock_queue(queue_url: &str) -> bool {
-    Spi::get_one_with_args::<bool>(
-        "SELECT pg_catalog.pg_try_advisory_xact_lock($1, pg_catalog.hashtext($2))",
-        &[LOCK_CLASS.into(), queue_url.into()],
-    )
-    .ok()
-    .flatten()
-    .unwrap_or(false)
-}
-
-fn run(args: &Args<'_>, owner: pg_sys::Oid) -> Summary {
+fn run(args: &Args<'_>, owner: pg_sys::Oid, queue: QueueRef) -> Summary {
     let started = Instant::now();
     check_encoding();
-    let client = aws::client_for(args.queue_url);
+    let client = aws::client(queue);
     let store = Store::open(args.target_table, settings::max_body_bytes());
     let run_id = runs::start(owner, &args.request(store.target_name()));
     let mut ctx = Ctx {
@@ -168,8 +159,10 @@ struct Ctx<'a> {
 }
 
 /// Receives through the pump (`sqs::pump`, a task on the backend's runtime)
-/// and stores what it brings, `fetch_etl.batch_size` messages at a time,
-/// while the pump keeps `fetch_etl.receive_concurrency` calls in flight.
+/// and stores what it brings, `fetch_etl.batch_size` messages or
+/// STORE_FLUSH_BYTES at a time, while the pump keeps
+/// `fetch_etl.receive_concurrency` calls in flight (see `budget.rs` for the
+/// memory this bounds).
 /// Returns the number of calls, the error that stopped receiving early, and
 /// the time from `started` until the last message was stored.
 fn receive_loop(
@@ -184,61 +177,89 @@ fn receive_loop(
         concurrency: settings::receive_concurrency(),
         wait_seconds: args.wait_seconds as u32,
         visibility_timeout: args.visibility_timeout.map(|v| v as u32),
+        high_water: PUMP_HIGH_WATER,
     };
-    // Room for two batches of replies: the pump waits (backpressure) beyond.
+    // Room for two batches of replies: the pump waits (backpressure) beyond,
+    // and its high-water mark bounds the bytes.
     let (tx, mut rx) = mpsc::channel(batch_size.div_ceil(10) * 2);
     let client = ctx.client.clone();
-    let task = runtime::spawn(async move { pump(&*client, cfg, tx).await });
+    let outstanding: Arc<Outstanding> = Arc::default();
+    let o = outstanding.clone();
+    let task = runtime::spawn(async move { pump(&*client, cfg, o, tx).await });
 
     let mut batch: Vec<Message> = Vec::new();
+    let mut held = Held::default();
     let mut stop: Option<SqsError> = None;
     // Time until the last batch was stored: a final empty long poll does not count.
     let mut last_stored = std::time::Duration::ZERO;
     while let Some(event) = runtime::block_on_interruptible(rx.recv()) {
         match event {
-            PumpEvent::Messages(msgs) => batch.extend(msgs),
+            PumpEvent::Messages(msgs, h) => {
+                batch.extend(msgs);
+                held.absorb(h);
+            }
             PumpEvent::Failed {
                 error,
                 received_before: false,
             } => raise(error.kind(), ctx.client.redact(&error.to_string())),
             PumpEvent::Failed { error, .. } => stop = Some(error),
         }
-        if batch.len() >= batch_size {
+        if batch.len() >= batch_size || held.bytes() >= STORE_FLUSH_BYTES {
             store_batch(ctx, std::mem::take(&mut batch), summary);
+            // Stored: the pump may receive that much again.
+            held = Held::default();
             last_stored = started.elapsed();
+            if deletes::pending_bytes() >= MAX_PENDING_DELETE_BYTES {
+                pgrx::notice!(
+                    "fetch_etl: drain run {} stops after {} messages: one transaction may queue at most {} MiB of deletes; commit and drain again",
+                    ctx.run_id,
+                    summary.counts.received,
+                    MAX_PENDING_DELETE_BYTES >> 20
+                );
+                break; // dropping the receiver ends the pump
+            }
         }
     }
+    drop(rx);
     let stats = task.join();
     if !batch.is_empty() {
         store_batch(ctx, batch, summary);
         last_stored = started.elapsed();
     }
+    drop(held);
     let flushing = Instant::now();
     Spi::connect_mut(|client| ctx.store.flush_vault(client));
     (stats.calls as i32, stop, last_stored + flushing.elapsed())
 }
 
 fn store_batch(ctx: &mut Ctx<'_>, msgs: Vec<Message>, summary: &mut Summary) {
-    let handles: Vec<String> = msgs.iter().map(|m| m.receipt_handle.clone()).collect();
-    store_messages(
+    let deferred = store_messages(
         &mut ctx.store,
         ctx.run_id,
         ctx.queue_url,
         &msgs,
         &mut summary.counts,
     );
+    // Every stored message is deleted after COMMIT; a deferred one stays.
+    let handles: Vec<String> = msgs
+        .iter()
+        .filter(|m| !deferred.contains(&m.message_id))
+        .map(|m| m.receipt_handle.clone())
+        .collect();
     deletes::after_commit(ctx.client.clone(), handles);
 }
 
 /// Stores received messages: ledger, validation, masking, inserts, vault,
-/// dead letters. Deleting them from SQS is the caller's business.
+/// dead letters. Returns the ids of the messages it left for a later drain
+/// (another session held their ledger entries too long). Deleting the
+/// others from SQS is the caller's business.
 fn store_messages(
     store: &mut Store,
     run_id: i64,
     queue_url: &str,
     msgs: &[Message],
     counts: &mut Counts,
-) {
+) -> HashSet<String> {
     counts.received += msgs.len() as i64;
     // The same message twice in one batch (redelivered while we worked): keep the first.
     let mut seen = HashSet::with_capacity(msgs.len());
@@ -252,19 +273,28 @@ fn store_messages(
     }
     Spi::connect_mut(|client| {
         let ids: Vec<&str> = unique.iter().map(|m| m.message_id.as_str()).collect();
-        let new_ids: HashSet<String> = store.record_ids(client, &ids, run_id).into_iter().collect();
+        let ledgered = store.record_ids(client, &ids, run_id, settings::ledger_wait_timeout());
         let fresh: Vec<&Message> = unique
             .iter()
             .copied()
-            .filter(|m| new_ids.contains(&m.message_id))
+            .filter(|m| ledgered.new.contains(&m.message_id))
             .collect();
-        counts.duplicates += (unique.len() - fresh.len()) as i64;
+        let deferred = ledgered.deferred.len();
+        if deferred > 0 {
+            pgrx::notice!(
+                "fetch_etl: {deferred} messages are held by another session's uncommitted drain; left in the queue for a later drain"
+            );
+        }
+        counts.received -= deferred as i64;
+        counts.deferred += deferred as i64;
+        counts.duplicates += (unique.len() - fresh.len() - deferred) as i64;
 
         let outcome = store.load(client, &fresh);
         counts.loaded += outcome.loaded.len() as i64;
         counts.rejected += outcome.refused.len() as i64;
         store.insert_dead_letters(client, run_id, queue_url, &fresh, &outcome.refused);
-    });
+        ledgered.deferred
+    })
 }
 
 /// The in-database part of a drain alone, for scripts/bench: stores `bodies`
@@ -331,7 +361,7 @@ pub(crate) fn queue_depth(queue_url: &str) -> (i64, i64, i64) {
 #[pg_schema]
 mod tests {
     use super::*;
-    use fetch_etl_core::sqs::{ClientConfig, Credentials, QueueRef};
+    use fetch_etl_core::sqs::{ClientConfig, Credentials};
     use fetch_etl_core::target::AppVersionArray;
 
     #[pg_test]
@@ -386,15 +416,23 @@ mod tests {
         // the test transaction is rolled back by the framework: nothing is sent
     }
 
-    /// The lock is the documented advisory lock (two sessions: see the e2e tests).
+    /// The lock is a row of fetch_etl.queue_locks, held by this transaction.
     #[pg_test]
-    fn queue_lock_is_the_documented_advisory_lock() {
-        assert!(lock_queue("http://localhost:1/000000000000/q"));
-        let held = Spi::get_one::<i64>(&format!(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = {LOCK_CLASS}::oid \
-             AND objid = hashtext('http://localhost:1/000000000000/q')::oid AND pid = pg_backend_pid()"
-        ))
+    fn queue_lock_is_a_row_the_owner_locks() {
+        let owner = extension_owner();
+        let key = QueueRef::parse("http://localhost:1/000000000000/q", None)
+            .unwrap()
+            .lock_key;
+        assert!(locks::try_lock_queue(owner, &key));
+        // taking it again in the same transaction succeeds (it is ours)
+        assert!(locks::try_lock_queue(owner, &key));
+        let rows = Spi::get_one::<i64>("SELECT count(*) FROM fetch_etl.queue_locks").unwrap();
+        assert_eq!(rows, Some(1));
+        // no advisory lock is involved any more
+        let advisory = Spi::get_one::<i64>(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
+        )
         .unwrap();
-        assert_eq!(held, Some(1));
+        assert_eq!(advisory, Some(0));
     }
 }

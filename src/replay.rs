@@ -2,6 +2,11 @@
 //! validation and target table again, after a fix (a widened column, a dropped
 //! constraint, a corrected producer...). Loaded ones are marked replayed and
 //! are never replayed again; the others keep their row with the new reason.
+//!
+//! Only dead letters produced for the same target table are taken unless
+//! `any_target` says otherwise: a dead letter's body is whatever its producer
+//! sent, and a loader whose own table refused a forged event must not get it
+//! loaded into an operator's table by the operator's routine replay.
 
 use pgrx::prelude::*;
 
@@ -23,10 +28,12 @@ pub(crate) fn replay(
     reason_code: Option<&str>,
     target_table: &str,
     max_rows: i32,
+    any_target: bool,
 ) -> Replayed {
     fetch_etl_core::args::check_replay(max_rows).or_raise();
     let mut store = Store::open(target_table, settings::max_body_bytes());
     let owner = store.owner();
+    let target = store.target_name().to_string();
     Spi::connect_mut(|client| {
         // Lock the rows we take, skip rows another replay holds: each dead
         // letter is replayed by one session at a time.
@@ -34,14 +41,22 @@ pub(crate) fn replay(
             client
                 .update(
                     "SELECT dead_letter_id, message_id, body, \
-                            (pg_catalog.date_part('epoch', sent_at) * 1000)::pg_catalog.int8, receive_count \
+                            (pg_catalog.date_part('epoch', sent_at) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8, \
+                            receive_count \
                      FROM fetch_etl.dead_letters \
                      WHERE replayed_at IS NULL \
-                       AND ($1::pg_catalog.text IS NULL OR queue_url = $1) \
-                       AND ($2::pg_catalog.text IS NULL OR reason_code = $2) \
+                       AND ($1::pg_catalog.text IS NULL OR queue_url OPERATOR(pg_catalog.=) $1) \
+                       AND ($2::pg_catalog.text IS NULL OR reason_code OPERATOR(pg_catalog.=) $2) \
+                       AND ($4 OR target_table OPERATOR(pg_catalog.=) $5) \
                      ORDER BY dead_letter_id LIMIT $3 FOR UPDATE SKIP LOCKED",
                     None,
-                    &[queue_url.map(str::to_string).into(), reason_code.map(str::to_string).into(), max_rows.into()],
+                    &[
+                        queue_url.map(str::to_string).into(),
+                        reason_code.map(str::to_string).into(),
+                        max_rows.into(),
+                        any_target.into(),
+                        target.as_str().into(),
+                    ],
                 )
                 .or_raise_spi("dead letters")
                 .map(|row| {
@@ -69,7 +84,7 @@ pub(crate) fn replay(
             client
                 .update(
                     "UPDATE fetch_etl.dead_letters SET replayed_at = pg_catalog.clock_timestamp(), replayed_by = SESSION_USER \
-                     WHERE dead_letter_id = ANY ($1::pg_catalog.int8[])",
+                     WHERE dead_letter_id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.int8[])",
                     None,
                     &[loaded_ids.into()],
                 )
@@ -79,7 +94,7 @@ pub(crate) fn replay(
                     "UPDATE fetch_etl.dead_letters d SET reason_code = t.c, reason = t.r \
                      FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.text[]), \
                                      pg_catalog.unnest($3::pg_catalog.text[])) AS t(id, c, r) \
-                     WHERE d.dead_letter_id = t.id",
+                     WHERE d.dead_letter_id OPERATOR(pg_catalog.=) t.id",
                     None,
                     &[refused_ids.into(), codes.into(), reasons.into()],
                 )

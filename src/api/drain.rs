@@ -75,6 +75,7 @@ fn replay_dead_letters(
     reason_code: default!(Option<&str>, "NULL"),
     target_table: default!(Option<&str>, "'user_logins'"),
     max_rows: default!(Option<i32>, 1000),
+    any_target: default!(Option<bool>, false),
 ) -> TableIterator<
     'static,
     (
@@ -88,6 +89,7 @@ fn replay_dead_letters(
         reason_code,
         required(target_table, "target_table"),
         required(max_rows, "max_rows"),
+        required(any_target, "any_target"),
     );
     TableIterator::once((r.replayed, r.loaded, r.rejected))
 }

@@ -5,9 +5,13 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use url::Url;
+
 use fetch_etl_core::error::ErrorKind;
 use fetch_etl_core::settings as defs;
+use fetch_etl_core::sqs::endpoint::{host_of, Allowlist};
 use fetch_etl_core::sqs::retry::RetryPolicy;
+use fetch_etl_core::sqs::transport::check_resolution;
 use fetch_etl_core::sqs::{Client, ClientConfig, Credentials, Protocol, QueueRef};
 
 use super::error::{raise, raise_with_hint, OrRaise};
@@ -20,8 +24,22 @@ thread_local! {
 }
 
 /// A client for `queue_url`, configured from the settings and environment.
+/// Raises, before any request, if its endpoint is not one the server may
+/// send requests to (`fetch_etl.allowed_endpoints`, see `endpoint.rs`).
 pub(crate) fn client_for(queue_url: &str) -> Arc<Client> {
+    client(checked_queue(queue_url))
+}
+
+/// The queue URL, parsed with the endpoint the settings and environment
+/// give, whose endpoint passed the allowlist (else this raises).
+pub(crate) fn checked_queue(queue_url: &str) -> QueueRef {
     let queue = QueueRef::parse(queue_url, endpoint_override().as_deref()).or_raise();
+    check_endpoint(&queue.endpoint);
+    queue
+}
+
+/// A client for a queue from [`checked_queue`].
+pub(crate) fn client(queue: QueueRef) -> Arc<Client> {
     let creds = credentials();
     let region = region_for(&queue);
     let cfg = ClientConfig {
@@ -42,6 +60,31 @@ pub(crate) fn client_for(queue_url: &str) -> Arc<Client> {
         queue,
         known,
     ))
+}
+
+/// The endpoint allowlist, on the name and on every address it resolves to;
+/// the backend's resolver then hands out only those addresses.
+fn check_endpoint(endpoint: &Url) {
+    let list = Allowlist::parse(&settings::allowed_endpoints()).or_raise();
+    let reach = list.check(endpoint).or_raise();
+    let timeout = settings::http_timeout();
+    // The timer is made inside the async block: on the runtime.
+    match runtime::block_on_interruptible(async {
+        tokio::time::timeout(timeout, check_resolution(endpoint, reach)).await
+    }) {
+        Ok(r) => r.or_raise(),
+        Err(_) => raise(
+            ErrorKind::ConnectionFailure,
+            format!(
+                "resolving {} took longer than {}",
+                host_of(endpoint).unwrap_or_default(),
+                defs::HTTP_TIMEOUT.name_str()
+            ),
+        ),
+    }
+    if let Some(host) = host_of(endpoint) {
+        runtime::guard().allow(&host, reach);
+    }
 }
 
 /// Remembers the protocol `client` found for its endpoint.

@@ -129,10 +129,22 @@ impl Caught {
             .is_some_and(|s| classes.iter().any(|c| s.starts_with(c)))
     }
 
-    /// A data error a row can cause: class 22 data exception, 23 constraint
-    /// violation, P0 raised by a trigger.
-    pub(crate) fn is_data_error(&self) -> bool {
-        self.class_is(&["22", "23", "P0"])
+    /// An error one row's data can cause: any SQLSTATE but the classes of
+    /// connection (08), transaction rollback (40), resources (53), object
+    /// state and locks (55), operator intervention (57), system (58) and
+    /// internal (XX) errors, which no row can be blamed for.
+    pub(crate) fn is_row_error(&self) -> bool {
+        self.sqlstate().is_some() && !self.class_is(&["08", "40", "53", "55", "57", "58", "XX"])
+    }
+
+    /// A privilege error (42501).
+    pub(crate) fn is_privilege_error(&self) -> bool {
+        self.sqlstate().as_deref() == Some("42501")
+    }
+
+    /// `lock_timeout` ran out (55P03).
+    pub(crate) fn is_lock_timeout(&self) -> bool {
+        self.sqlstate().as_deref() == Some("55P03")
     }
 
     /// Cancellation, timeouts and shutdown (class 57): never to be swallowed.

@@ -7,6 +7,7 @@ pub(crate) mod aws;
 pub(crate) mod deletes;
 pub(crate) mod error;
 pub(crate) mod keystore;
+pub(crate) mod locks;
 pub(crate) mod runs;
 pub(crate) mod runtime;
 pub(crate) mod settings;

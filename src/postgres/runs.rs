@@ -26,6 +26,8 @@ pub(crate) struct Counts {
     pub(crate) loaded: i64,
     pub(crate) rejected: i64,
     pub(crate) duplicates: i64,
+    /// Received but left in the queue (not in `received`).
+    pub(crate) deferred: i64,
 }
 
 /// How a finished run went.
@@ -95,7 +97,7 @@ pub(crate) fn finish(owner: pg_sys::Oid, run_id: i64, f: &Finished<'_>) {
             spi.update(
                 "UPDATE fetch_etl.drain_runs SET finished_at = pg_catalog.clock_timestamp(), \
                    status = $2, received = $3, loaded = $4, rejected = $5, duplicates = $6, \
-                   receive_calls = $7, error = $8, protocol = $9, active_seconds = $10 \
+                   receive_calls = $7, error = $8, protocol = $9, active_seconds = $10, deferred = $11 \
                  WHERE run_id OPERATOR(pg_catalog.=) $1",
                 None,
                 &[
@@ -109,6 +111,7 @@ pub(crate) fn finish(owner: pg_sys::Oid, run_id: i64, f: &Finished<'_>) {
                     f.error.map(str::to_string).into(),
                     f.protocol.map(str::to_string).into(),
                     f.active_seconds.into(),
+                    c.deferred.into(),
                 ],
             )
             .map(|_| ())

@@ -1,7 +1,7 @@
 //! Async I/O inside a backend: one current-thread tokio runtime and one HTTP
 //! client (connection pool) per backend, created on first use. No thread is
 //! started: everything runs on the backend's own thread, only while it waits
-//! in `block_on_interruptible` (or `block_on_within`).
+//! in `block_on_interruptible` (or `block_on_bounded`).
 //!
 //! The receive pump (`sqs::pump`) is a task on this runtime: its calls stay in
 //! flight and their replies land in the socket buffers while the backend
@@ -19,12 +19,14 @@
 
 use std::future::Future;
 use std::pin::pin;
+use std::sync::Arc;
 use std::time::Duration;
 
+use pgrx::pg_sys;
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 
-use fetch_etl_core::sqs::transport::{http_client, HttpTransport};
+use fetch_etl_core::sqs::transport::{http_client, Guard, HttpTransport};
 use fetch_etl_core::sqs::SqsError;
 
 const SLICE: Duration = Duration::from_millis(100);
@@ -35,6 +37,13 @@ thread_local! {
         .build()
         .expect("a current-thread tokio runtime");
     static HTTP: std::cell::OnceCell<Result<HttpTransport, SqsError>> = const { std::cell::OnceCell::new() };
+    /// The hosts this backend checked against fetch_etl.allowed_endpoints.
+    static GUARD: Arc<Guard> = Arc::new(Guard::default());
+}
+
+/// The backend's resolver guard (see `fetch_etl_core::sqs::transport::Guard`).
+pub(crate) fn guard() -> Arc<Guard> {
+    GUARD.with(Arc::clone)
 }
 
 /// The backend's HTTP transport (one connection pool per backend).
@@ -43,7 +52,7 @@ pub(crate) fn transport() -> Result<HttpTransport, SqsError> {
         h.get_or_init(|| {
             RUNTIME.with(|rt| {
                 let _guard = rt.enter();
-                http_client(Duration::from_secs(5)).map(HttpTransport::new)
+                http_client(Duration::from_secs(5), guard()).map(HttpTransport::new)
             })
         })
         .clone()
@@ -65,12 +74,45 @@ pub(crate) fn block_on_interruptible<F: Future>(fut: F) -> F::Output {
     })
 }
 
-/// Runs `fut` for at most `limit`, without checking for interrupts: for work
-/// after COMMIT, where raising an error is not allowed.
-pub(crate) fn block_on_within<F: Future>(fut: F, limit: Duration) -> Option<F::Output> {
+/// How [`block_on_bounded`] ended.
+pub(crate) enum Bounded<T> {
+    Done(T),
+    TimedOut,
+    Interrupted,
+}
+
+/// True when a cancel or terminate is waiting to be processed. For code that
+/// must not raise (after COMMIT): it stops instead, and the interrupt is
+/// processed at the next CHECK_FOR_INTERRUPTS.
+pub(crate) fn interrupt_pending() -> bool {
+    // SAFETY: signal-handler flags, read whole.
+    unsafe {
+        std::ptr::read_volatile(&raw const pg_sys::InterruptPending) != 0
+            && (std::ptr::read_volatile(&raw const pg_sys::ProcDiePending) != 0
+                || std::ptr::read_volatile(&raw const pg_sys::QueryCancelPending) != 0)
+    }
+}
+
+/// Runs `fut` for at most `limit`, stopping (without raising) within a slice
+/// of a cancel or terminate: for work after COMMIT, where raising an error is
+/// not allowed.
+pub(crate) fn block_on_bounded<F: Future>(fut: F, limit: Duration) -> Bounded<F::Output> {
     RUNTIME.with(|rt| {
         let _guard = rt.enter();
-        rt.block_on(tokio::time::timeout(limit, fut)).ok()
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut fut = pin!(fut);
+        loop {
+            let slice = SLICE.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            if let Ok(v) = rt.block_on(tokio::time::timeout(slice, fut.as_mut())) {
+                return Bounded::Done(v);
+            }
+            if interrupt_pending() {
+                return Bounded::Interrupted;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Bounded::TimedOut;
+            }
+        }
     })
 }
 

@@ -16,14 +16,22 @@ use fetch_etl_core::sqs::Protocol;
 
 type StringGuc = GucSetting<Option<CString>>;
 
-pub(crate) static AWS_ACCESS_KEY_ID: StringGuc = StringGuc::new(None);
-pub(crate) static AWS_SECRET_ACCESS_KEY: StringGuc = StringGuc::new(None);
-pub(crate) static AWS_SESSION_TOKEN: StringGuc = StringGuc::new(None);
-pub(crate) static AWS_REGION: StringGuc = StringGuc::new(None);
-pub(crate) static SQS_ENDPOINT_URL: StringGuc = StringGuc::new(None);
+pub(crate) static AWS_ACCESS_KEY_ID: StringGuc = StringGuc::new(defs::AWS_ACCESS_KEY_ID.default);
+pub(crate) static AWS_SECRET_ACCESS_KEY: StringGuc =
+    StringGuc::new(defs::AWS_SECRET_ACCESS_KEY.default);
+pub(crate) static AWS_SESSION_TOKEN: StringGuc = StringGuc::new(defs::AWS_SESSION_TOKEN.default);
+pub(crate) static AWS_REGION: StringGuc = StringGuc::new(defs::AWS_REGION.default);
+pub(crate) static SQS_ENDPOINT_URL: StringGuc = StringGuc::new(defs::SQS_ENDPOINT_URL.default);
+static ALLOWED_ENDPOINTS: StringGuc = StringGuc::new(defs::ALLOWED_ENDPOINTS.default);
 static SQS_PROTOCOL: GucSetting<SqsProtocol> = GucSetting::<SqsProtocol>::new(SqsProtocol::Auto);
+static DELETE_AFTER: GucSetting<DeleteAfter> =
+    GucSetting::<DeleteAfter>::new(DeleteAfter::LocalFlush);
 static RECEIVE_CONCURRENCY: GucSetting<i32> =
     GucSetting::<i32>::new(defs::RECEIVE_CONCURRENCY.default);
+static MAX_RECEIVE_CONCURRENCY: GucSetting<i32> =
+    GucSetting::<i32>::new(defs::MAX_RECEIVE_CONCURRENCY.default);
+static LEDGER_WAIT_TIMEOUT: GucSetting<i32> =
+    GucSetting::<i32>::new(defs::LEDGER_WAIT_TIMEOUT.default);
 static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(defs::BATCH_SIZE.default);
 static MAX_BODY_BYTES: GucSetting<i32> = GucSetting::<i32>::new(defs::MAX_BODY_BYTES.default);
 static HTTP_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(defs::HTTP_TIMEOUT.default);
@@ -34,9 +42,23 @@ static DELETE_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(defs::DELETE_TIM
 /// catalog of values from it); [`sqs_protocol`] maps it to the client's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PostgresGucEnum)]
 enum SqsProtocol {
+    #[name = c"auto"]
     Auto,
+    #[name = c"json"]
     Json,
+    #[name = c"query"]
     Query,
+}
+
+/// `fetch_etl.delete_after`: when the drained messages may be deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PostgresGucEnum)]
+pub(crate) enum DeleteAfter {
+    /// The commit record is flushed to local disk (always forced).
+    #[name = c"local_flush"]
+    LocalFlush,
+    /// ...and every streaming standby has flushed it too.
+    #[name = c"standby_flush"]
+    StandbyFlush,
 }
 
 thread_local! {
@@ -98,6 +120,7 @@ pub(crate) fn init() {
     define_string(&defs::AWS_SESSION_TOKEN, &AWS_SESSION_TOKEN);
     define_string(&defs::AWS_REGION, &AWS_REGION);
     define_string(&defs::SQS_ENDPOINT_URL, &SQS_ENDPOINT_URL);
+    define_string(&defs::ALLOWED_ENDPOINTS, &ALLOWED_ENDPOINTS);
     let p = &defs::SQS_PROTOCOL;
     GucRegistry::define_enum_guc(
         p.name,
@@ -107,7 +130,18 @@ pub(crate) fn init() {
         context(p.access),
         GucFlags::default(),
     );
+    let d = &defs::DELETE_AFTER;
+    GucRegistry::define_enum_guc(
+        d.name,
+        d.short,
+        d.long,
+        &DELETE_AFTER,
+        context(d.access),
+        GucFlags::default(),
+    );
     define_int(&defs::RECEIVE_CONCURRENCY, &RECEIVE_CONCURRENCY);
+    define_int(&defs::MAX_RECEIVE_CONCURRENCY, &MAX_RECEIVE_CONCURRENCY);
+    define_int(&defs::LEDGER_WAIT_TIMEOUT, &LEDGER_WAIT_TIMEOUT);
     define_int(&defs::BATCH_SIZE, &BATCH_SIZE);
     define_int(&defs::MAX_BODY_BYTES, &MAX_BODY_BYTES);
     define_int(&defs::HTTP_TIMEOUT, &HTTP_TIMEOUT);
@@ -146,6 +180,14 @@ fn millis(def: &IntSetting, guc: &GucSetting<i32>) -> Duration {
     Duration::from_millis(int(def, guc) as u64)
 }
 
+/// `fetch_etl.allowed_endpoints` as set (empty: nothing is allowed).
+pub(crate) fn allowed_endpoints() -> String {
+    ALLOWED_ENDPOINTS
+        .get()
+        .and_then(|c| c.into_string().ok())
+        .unwrap_or_default()
+}
+
 /// `fetch_etl.sqs_protocol`: None means detect.
 pub(crate) fn sqs_protocol() -> Option<Protocol> {
     match SQS_PROTOCOL.get() {
@@ -155,8 +197,22 @@ pub(crate) fn sqs_protocol() -> Option<Protocol> {
     }
 }
 
+/// `fetch_etl.receive_concurrency`, within the superuser's
+/// `fetch_etl.max_receive_concurrency`.
 pub(crate) fn receive_concurrency() -> usize {
-    int(&defs::RECEIVE_CONCURRENCY, &RECEIVE_CONCURRENCY) as usize
+    let wanted = int(&defs::RECEIVE_CONCURRENCY, &RECEIVE_CONCURRENCY);
+    wanted.min(int(
+        &defs::MAX_RECEIVE_CONCURRENCY,
+        &MAX_RECEIVE_CONCURRENCY,
+    )) as usize
+}
+
+pub(crate) fn ledger_wait_timeout() -> Duration {
+    millis(&defs::LEDGER_WAIT_TIMEOUT, &LEDGER_WAIT_TIMEOUT)
+}
+
+pub(crate) fn delete_after() -> DeleteAfter {
+    DELETE_AFTER.get()
 }
 
 pub(crate) fn batch_size() -> usize {
@@ -207,9 +263,32 @@ mod tests {
             .map(|r| r.get::<String>(1).unwrap().unwrap())
             .collect()
         });
-        let mut defined: Vec<String> = defs::all_names().into_iter().map(String::from).collect();
+        // Secret settings (NO_SHOW_ALL) are not in pg_settings at all, even
+        // for a superuser; they are registered all the same.
+        let secret: Vec<&str> = defs::STRINGS
+            .iter()
+            .filter(|s| s.secret)
+            .map(|s| s.name_str())
+            .collect();
+        let mut defined: Vec<String> = defs::all_names()
+            .into_iter()
+            .filter(|n| !secret.contains(n))
+            .map(String::from)
+            .collect();
         defined.sort();
         assert_eq!(registered, defined);
+        for name in &secret {
+            let v = Spi::get_one_with_args::<String>(
+                "SELECT pg_catalog.current_setting($1)",
+                &[(*name).into()],
+            )
+            .unwrap();
+            assert_eq!(
+                v.as_deref(),
+                Some(""),
+                "{name} is registered, empty by default"
+            );
+        }
         let row = |name: &str| {
             Spi::get_three_with_args::<String, String, String>(
                 "SELECT context, boot_val, coalesce(min_val, '') || '..' || coalesce(max_val, '') \
@@ -229,15 +308,16 @@ mod tests {
                 s.name_str()
             );
         }
-        for s in defs::STRINGS {
+        for s in defs::STRINGS.iter().filter(|s| !s.secret) {
             let (ctx, boot, _) = row(s.name_str());
             assert_eq!(ctx.as_deref(), Some(context(s.access)), "{}", s.name_str());
-            assert_eq!(boot.unwrap_or_default(), "", "{}", s.name_str());
+            let default = s.default.map(|d| d.to_str().unwrap()).unwrap_or("");
+            assert_eq!(boot.unwrap_or_default(), default, "{}", s.name_str());
         }
         for s in defs::ENUMS {
             let (ctx, boot, _) = row(s.name_str());
-            assert_eq!(ctx.as_deref(), Some(context(s.access)));
-            assert_eq!(boot.as_deref(), Some(s.values[0]));
+            assert_eq!(ctx.as_deref(), Some(context(s.access)), "{}", s.name_str());
+            assert_eq!(boot.as_deref(), Some(s.values[0]), "{}", s.name_str());
             let vals = Spi::get_one_with_args::<Vec<String>>(
                 "SELECT enumvals FROM pg_catalog.pg_settings WHERE name = $1",
                 &[s.name_str().into()],

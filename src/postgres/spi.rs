@@ -69,6 +69,30 @@ pub(crate) fn as_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     }
 }
 
+/// Runs `f` with `lock_timeout` set to `timeout` (at least 1 ms; 0 would mean
+/// no limit), restored afterwards (or by the abort on error).
+pub(crate) fn with_lock_timeout<R>(timeout: std::time::Duration, f: impl FnOnce() -> R) -> R {
+    let ms = std::ffi::CString::new(timeout.as_millis().max(1).to_string()).expect("digits");
+    // SAFETY: a GUC nest level for one setting, as PostgreSQL's own function
+    // SET clauses do; popped below, or by the abort on error.
+    unsafe {
+        let nest = pg_sys::NewGUCNestLevel();
+        pg_sys::set_config_option(
+            c"lock_timeout".as_ptr(),
+            ms.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+        let r = f();
+        pg_sys::AtEOXact_GUC(true, nest);
+        r
+    }
+}
+
 /// The role that created the extension (and owns its tables).
 pub(crate) fn extension_owner() -> pg_sys::Oid {
     Spi::get_one::<pg_sys::Oid>(
@@ -89,7 +113,7 @@ mod tests {
         let r = in_subxact(AssertUnwindSafe(|| Spi::get_one::<i32>("SELECT 1/0")));
         let e = r.expect_err("division by zero raises");
         assert_eq!(e.sqlstate().as_deref(), Some("22012"));
-        assert!(e.is_data_error());
+        assert!(e.is_row_error());
         assert!(!e.is_interrupt());
         assert!(e.describe().starts_with("22012 division by zero"));
         // the transaction is usable afterwards, and a successful subxact commits
@@ -102,7 +126,18 @@ mod tests {
         let e = in_subxact(AssertUnwindSafe(|| Spi::run("SELECT * FROM no_such_table")))
             .expect_err("missing table");
         assert_eq!(e.sqlstate().as_deref(), Some("42P01"));
-        assert!(!e.is_data_error());
+        assert!(!e.is_lock_timeout());
+        // a serialization failure and a lock timeout are no row's fault
+        let e = in_subxact(AssertUnwindSafe(|| {
+            Spi::run("DO $$ BEGIN RAISE EXCEPTION 'x' USING ERRCODE = '40001'; END $$")
+        }))
+        .expect_err("raised");
+        assert!(!e.is_row_error());
+        let e = in_subxact(AssertUnwindSafe(|| {
+            Spi::run("DO $$ BEGIN RAISE EXCEPTION 'x' USING ERRCODE = '55P03'; END $$")
+        }))
+        .expect_err("raised");
+        assert!(e.is_lock_timeout() && !e.is_row_error());
     }
 
     #[pg_test]

@@ -9,7 +9,9 @@
 //! per batch) and takes whole columns as arrays: one statement per table per
 //! batch, whatever the batch size.
 
+use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
+use std::time::Duration;
 
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::{self, PgOid};
@@ -25,8 +27,8 @@ use fetch_etl_core::target::{AppVersionArray, TargetShape};
 use fetch_etl_core::time::now_ms;
 
 use super::error::SpiOrRaise;
-use super::spi::{as_owner, extension_owner, in_subxact};
-use super::{keystore, target};
+use super::spi::{as_owner, extension_owner, in_subxact, with_lock_timeout};
+use super::{keystore, settings, target};
 
 /// Parameters: masked text[], raw text[], sorted by mask, so the inserts walk
 /// the primary key in order. Pairs are collected across batches and inserted
@@ -47,9 +49,15 @@ const LEDGER_SQL: &str = "INSERT INTO fetch_etl.processed_messages (message_id, 
      SELECT pg_catalog.unnest($1::pg_catalog.text[]), $2 \
      ON CONFLICT (message_id) DO NOTHING RETURNING message_id";
 
+/// Parameters: run id, queue URL, ids, bodies, codes, reasons, sent ms,
+/// receive counts, the producing role, the target table. The sent times are
+/// in range (the wire layer drops impossible ones), so the conversion cannot
+/// fail.
 const DEAD_LETTER_SQL: &str = "INSERT INTO fetch_etl.dead_letters \
-       (run_id, queue_url, message_id, body, reason_code, reason, sent_at, receive_count) \
-     SELECT $1, $2, m, b, c, r, pg_catalog.to_timestamp(s::pg_catalog.float8 / 1000.0), n \
+       (run_id, queue_url, message_id, body, reason_code, reason, sent_at, receive_count, run_role, target_table) \
+     SELECT $1, $2, m, b, c, r, \
+            pg_catalog.to_timestamp(s::pg_catalog.float8 OPERATOR(pg_catalog./) 1000.0::pg_catalog.float8), n, \
+            $9::pg_catalog.name, $10 \
      FROM ROWS FROM (pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($4::pg_catalog.text[]), \
                      pg_catalog.unnest($5::pg_catalog.text[]), pg_catalog.unnest($6::pg_catalog.text[]), \
                      pg_catalog.unnest($7::pg_catalog.int8[]), pg_catalog.unnest($8::pg_catalog.int4[])) \
@@ -81,7 +89,11 @@ fn prepare(client: &SpiClient<'_>, sql: &str, types: &[pg_sys::Oid]) -> OwnedPre
 }
 
 impl Statements {
-    fn prepare(shape: &TargetShape) -> Statements {
+    /// The target's INSERT is prepared as the caller (it runs as the
+    /// caller); fetch_etl's own statements as the owner, with the owner's
+    /// search_path, so no operator or function of the caller's search_path
+    /// can be bound into a statement that then runs with the owner's rights.
+    fn prepare(shape: &TargetShape, owner: pg_sys::Oid) -> Statements {
         let version = match shape.app_version {
             AppVersionArray::Int8 => INT8_ARRAY,
             AppVersionArray::Text => TEXT_ARRAY,
@@ -98,13 +110,18 @@ impl Statements {
             TEXT_ARRAY,
             INT8_ARRAY,
             pg_sys::INT4ARRAYOID,
+            pg_sys::TEXTOID,
+            pg_sys::TEXTOID,
         ];
-        Spi::connect(|c| Statements {
-            target: prepare(c, &shape.insert_sql, &target_types),
-            vault: prepare(c, VAULT_SQL, &[TEXT_ARRAY, TEXT_ARRAY]),
-            vault_fast: prepare(c, VAULT_SQL_FAST, &[TEXT_ARRAY, TEXT_ARRAY]),
-            dead_letters: prepare(c, DEAD_LETTER_SQL, &dead_types),
-            ledger: prepare(c, LEDGER_SQL, &[TEXT_ARRAY, pg_sys::INT8OID]),
+        Spi::connect(|c| {
+            let target = prepare(c, &shape.insert_sql, &target_types);
+            as_owner(owner, || Statements {
+                target,
+                vault: prepare(c, VAULT_SQL, &[TEXT_ARRAY, TEXT_ARRAY]),
+                vault_fast: prepare(c, VAULT_SQL_FAST, &[TEXT_ARRAY, TEXT_ARRAY]),
+                dead_letters: prepare(c, DEAD_LETTER_SQL, &dead_types),
+                ledger: prepare(c, LEDGER_SQL, &[TEXT_ARRAY, pg_sys::INT8OID]),
+            })
         })
     }
 }
@@ -116,9 +133,20 @@ pub(crate) struct Outcome {
     pub(crate) refused: Vec<Refusal>,
 }
 
+/// What the ledger made of a batch's message ids.
+pub(crate) struct Ledgered {
+    /// Ids not seen before: store these.
+    pub(crate) new: HashSet<String>,
+    /// Ids another session holds uncommitted beyond fetch_etl.ledger_wait_timeout:
+    /// leave these messages in the queue for a later drain.
+    pub(crate) deferred: HashSet<String>,
+}
+
 /// Everything needed to store events into one target table.
 pub(crate) struct Store {
     owner: pg_sys::Oid,
+    /// The calling role, recorded with each dead letter.
+    role: String,
     shape: TargetShape,
     limits: Limits,
     masker: Masker,
@@ -147,9 +175,14 @@ impl Store {
             max_body_bytes,
             ..shape.limits.clone()
         };
-        let statements = Statements::prepare(&shape);
+        let owner = extension_owner();
+        let statements = Statements::prepare(&shape, owner);
+        let role = Spi::get_one::<String>("SELECT pg_catalog.current_user()::pg_catalog.text")
+            .or_raise_spi("current_user")
+            .unwrap_or_default();
         Store {
-            owner: extension_owner(),
+            owner,
+            role,
             masker: keystore::with_masker(|m| m.clone()),
             limits,
             statements,
@@ -168,25 +201,54 @@ impl Store {
         self.owner
     }
 
-    /// Records `ids` in the ledger (as the owner); returns those that were new.
+    /// Records `ids` in the ledger (as the owner). An id another session
+    /// holds uncommitted (a concurrent drain of the same message) is waited
+    /// for at most `wait`; after that it is deferred, not an error.
     pub(crate) fn record_ids(
         &self,
         client: &mut SpiClient<'_>,
         ids: &[&str],
         run_id: i64,
-    ) -> Vec<String> {
+        wait: std::time::Duration,
+    ) -> Ledgered {
         let mut sorted: Vec<&str> = ids.to_vec();
         sorted.sort_unstable();
+        let ledger = &self.statements.ledger;
+        let mut insert = |ids: &[&str], timeout| {
+            in_subxact(AssertUnwindSafe(|| {
+                with_lock_timeout(timeout, || {
+                    client
+                        .update(ledger, None, &[ids.to_vec().into(), run_id.into()])
+                        .map(|rows| {
+                            rows.filter_map(|row| row.get::<String>(1).ok().flatten())
+                                .collect::<Vec<String>>()
+                        })
+                })
+            }))
+        };
         as_owner(self.owner, || {
-            client
-                .update(
-                    &self.statements.ledger,
-                    None,
-                    &[sorted.into(), run_id.into()],
-                )
-                .or_raise_spi("ledger")
-                .filter_map(|row| row.get::<String>(1).ok().flatten())
-                .collect()
+            let mut out = Ledgered {
+                new: HashSet::new(),
+                deferred: HashSet::new(),
+            };
+            match insert(&sorted, wait) {
+                Ok(r) => out.new.extend(r.or_raise_spi("ledger")),
+                Err(e) if e.is_lock_timeout() => {
+                    // Someone still holds some of them: find which, without
+                    // waiting again, and leave those for later.
+                    for id in &sorted {
+                        match insert(&[id], std::time::Duration::from_millis(1)) {
+                            Ok(r) => out.new.extend(r.or_raise_spi("ledger")),
+                            Err(e) if e.is_lock_timeout() => {
+                                out.deferred.insert(id.to_string());
+                            }
+                            Err(e) => e.rethrow(),
+                        }
+                    }
+                }
+                Err(e) => e.rethrow(),
+            }
+            out
         })
     }
 
@@ -194,7 +256,10 @@ impl Store {
     /// calling role), their raw PII into the vault (as the owner). Dead
     /// letters are the caller's to write, from `Outcome::refused`.
     pub(crate) fn load(&mut self, client: &mut SpiClient<'_>, msgs: &[&Message]) -> Outcome {
-        let batch = batch::build(msgs, &self.limits, &self.masker, now_ms());
+        let mut interrupts = || {
+            pgrx::check_for_interrupts!();
+        };
+        let batch = batch::build(msgs, &self.limits, &self.masker, now_ms(), &mut interrupts);
         let mut out = Outcome {
             refused: batch.refused,
             ..Outcome::default()
@@ -224,6 +289,12 @@ impl Store {
 
     /// Writes the collected (mask, raw) pairs to the vault, sorted and without
     /// duplicates, as the owner. Every caller of `load` ends with this.
+    ///
+    /// A mask another session inserted and has not committed is waited for at
+    /// most `fetch_etl.ledger_wait_timeout`; after that its pair is skipped
+    /// (the other session's commit stores the same value, since equal masks
+    /// mean equal values; should it roll back, the value is stored the next
+    /// time it is loaded). Nobody can stall a drain by holding a vault row.
     pub(crate) fn flush_vault(&mut self, client: &mut SpiClient<'_>) {
         let mut pairs = std::mem::take(&mut self.vault);
         if pairs.is_empty() {
@@ -231,26 +302,47 @@ impl Store {
         }
         pairs.sort_unstable();
         pairs.dedup();
-        let (masked, raw): (Vec<String>, Vec<String>) = pairs.into_iter().unzip();
-        let masked: Vec<&str> = masked.iter().map(String::as_str).collect();
-        let raw: Vec<&str> = raw.iter().map(String::as_str).collect();
+        let wait = settings::ledger_wait_timeout();
         let statements = &self.statements;
         as_owner(self.owner, || {
+            let mut insert = |stmt: &OwnedPreparedStatement, pairs: &[(String, String)], wait| {
+                let masked: Vec<&str> = pairs.iter().map(|p| p.0.as_str()).collect();
+                let raw: Vec<&str> = pairs.iter().map(|p| p.1.as_str()).collect();
+                let args: [DatumWithOid<'_>; 2] = [masked.as_slice().into(), raw.as_slice().into()];
+                in_subxact(AssertUnwindSafe(|| {
+                    with_lock_timeout(wait, || client.update(stmt, None, &args).map(|_| ()))
+                }))
+            };
             // Plain inserts of the masks not there yet; if another transaction
             // adds one meanwhile (unique violation), redo with ON CONFLICT.
-            let args =
-                || -> [DatumWithOid<'_>; 2] { [masked.as_slice().into(), raw.as_slice().into()] };
-            let fast = in_subxact(AssertUnwindSafe(|| {
-                client
-                    .update(&statements.vault_fast, None, &args())
-                    .map(|_| ())
-            }));
-            match fast {
+            let slow = match insert(&statements.vault_fast, &pairs, wait) {
+                Ok(r) => {
+                    r.or_raise_spi("vault");
+                    return;
+                }
+                Err(e) if e.sqlstate().as_deref() == Some("23505") || e.is_lock_timeout() => {
+                    insert(&statements.vault, &pairs, wait)
+                }
+                Err(e) => e.rethrow(),
+            };
+            match slow {
                 Ok(r) => r.or_raise_spi("vault"),
-                Err(e) if e.sqlstate().as_deref() == Some("23505") => {
-                    client
-                        .update(&statements.vault, None, &args())
-                        .or_raise_spi("vault");
+                Err(e) if e.is_lock_timeout() => {
+                    let mut skipped = 0;
+                    for pair in &pairs {
+                        match insert(
+                            &statements.vault,
+                            std::slice::from_ref(pair),
+                            Duration::from_millis(1),
+                        ) {
+                            Ok(r) => r.or_raise_spi("vault"),
+                            Err(e) if e.is_lock_timeout() => skipped += 1,
+                            Err(e) => e.rethrow(),
+                        }
+                    }
+                    pgrx::debug1!(
+                        "fetch_etl: {skipped} vault entries are being added by another session; left to it"
+                    );
                 }
                 Err(e) => e.rethrow(),
             }
@@ -258,8 +350,10 @@ impl Store {
     }
 
     /// Inserts `rows` into the target as the calling role. Returns the rows the
-    /// table refused with a data error (index, "SQLSTATE message"); any other
-    /// error (privileges, missing objects, serialization...) is raised.
+    /// table refused with an error of the row's own making (index, "SQLSTATE
+    /// message": a constraint, a trigger, an index row too large...); errors
+    /// no row causes (serialization, resources, locks, cancels, internal)
+    /// are raised.
     fn insert_rows(&self, client: &mut SpiClient<'_>, rows: &Rows) -> Vec<(usize, String)> {
         let n = rows.len();
         if n == 0 {
@@ -279,19 +373,34 @@ impl Store {
                 r.or_raise_spi("insert");
                 return Vec::new();
             }
-            Err(e) if !e.is_data_error() => e.rethrow(),
+            Err(e) if !e.is_row_error() => e.rethrow(),
+            // A privilege error for the whole batch is the table's, not a row's
+            // (INSERT revoked meanwhile): raise rather than dead-letter them all.
+            Err(e) if e.is_privilege_error() && !self.may_insert() => e.rethrow(),
             Err(_) => {}
         }
         // A row refused the whole statement: find it (and any others) row by row.
         let mut refused = Vec::new();
         for i in 0..n {
+            pgrx::check_for_interrupts!();
             match insert(i..i + 1) {
                 Ok(r) => r.or_raise_spi("insert"),
-                Err(e) if e.is_data_error() => refused.push((i, e.describe())),
+                Err(e) if e.is_row_error() => refused.push((i, e.describe())),
                 Err(e) => e.rethrow(),
             }
         }
         refused
+    }
+
+    /// Whether the calling role may still insert into the target table.
+    fn may_insert(&self) -> bool {
+        Spi::get_one_with_args::<bool>(
+            "SELECT pg_catalog.has_table_privilege($1::pg_catalog.regclass, 'INSERT')",
+            &[self.shape.sql_name.as_str().into()],
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(false)
     }
 
     /// Writes dead letters for `refused` messages of one drain run (as the owner).
@@ -326,7 +435,7 @@ impl Store {
             .iter()
             .map(|r| msgs[r.index].receive_count)
             .collect();
-        let args: [DatumWithOid<'_>; 8] = [
+        let args: [DatumWithOid<'_>; 10] = [
             run_id.into(),
             queue_url.into(),
             ids.into(),
@@ -335,6 +444,8 @@ impl Store {
             reasons.into(),
             sent.into(),
             counts.into(),
+            self.role.as_str().into(),
+            self.shape.sql_name.as_str().into(),
         ];
         as_owner(self.owner, || {
             client

@@ -24,6 +24,31 @@ PGHOST = os.environ.get("FETCH_ETL_PGHOST", str(STATE / "pg-test"))
 PGPORT = os.environ.get("FETCH_ETL_PGPORT", "5491")
 SQS_PORT = int(os.environ.get("FETCH_ETL_TEST_SQS_PORT", "4599"))
 SAMPLE = REPO / "data" / "login-queue-sample.json"
+SAMPLE_RECORDS = json.loads(SAMPLE.read_text())
+VALID = [r for r in SAMPLE_RECORDS if "user_id" in r]
+
+# Visibility timeout for tests that wait for messages to come back: long
+# enough that a drain of the sample (about 1 s) never outlives it, even on a
+# busy machine.
+VIS = 4
+
+
+def drain(conn, url, **kw):
+    args = ", ".join(f"{k} => %({k})s" for k in kw)
+    sql = f"SELECT * FROM fetch_etl.sqs_drain(%(url)s{', ' + args if args else ''})"
+    return conn.execute(sql, {"url": url, **kw}).fetchone()
+
+
+def counts(row):
+    """(received, loaded, rejected, duplicates) of a sqs_drain result row."""
+    return tuple(row[1:])
+
+
+def loaded_sample(row):
+    """The sample was loaded: 99 rows, 1 reject; any redelivery during the run
+    (a slow machine) shows up as duplicates, never as a second load."""
+    received, loaded, rejected, duplicates = counts(row)
+    return loaded == 99 and rejected == 1 and received == 100 + duplicates
 
 
 def connect(dbname: str, **kw) -> psycopg.Connection:
@@ -91,16 +116,17 @@ def sqs(aws_key):
     )
 
 
-def make_queue(sqs, bodies=None, port=SQS_PORT):
-    """A fresh queue holding `bodies` (default: the real sample, one message per record).
+def make_queue(sqs, bodies=None, port=SQS_PORT, per_call=10):
+    """A fresh queue holding `bodies` (default: the real sample, one message per record),
+    sent `per_call` at a time (SQS takes at most 1 MiB per call).
     Returns its URL as fetch_etl should be given it (localhost:port)."""
     name = "q-" + uuid.uuid4().hex[:12]
     url = sqs.create_queue(QueueName=name)["QueueUrl"]
     if bodies is None:
         bodies = [json.dumps(r) for r in json.loads(SAMPLE.read_text())]
-    for i in range(0, len(bodies), 10):
+    for i in range(0, len(bodies), per_call):
         sqs.send_message_batch(
-            QueueUrl=url, Entries=[{"Id": str(j), "MessageBody": b} for j, b in enumerate(bodies[i : i + 10])]
+            QueueUrl=url, Entries=[{"Id": str(j), "MessageBody": b} for j, b in enumerate(bodies[i : i + per_call])]
         )
     return url, f"http://localhost:{port}/000000000000/{name}"
 

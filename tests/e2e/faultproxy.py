@@ -5,6 +5,10 @@ Tests set attributes on a FaultProxy to make it:
   ErrorResponse), so the Query fallback can be tested;
 - fail the next N requests of an action with a status (503, throttling...);
 - fail every DeleteMessageBatch (a lost delete);
+- hold DeleteMessageBatch requests (never forward them) and signal the first
+  (`deletes_held` is set when it arrives);
+- answer every request with a redirect;
+- rewrite the upstream's reply bodies;
 - add latency to every request.
 Requests are forwarded unchanged, Host header included, so SigV4 signatures
 made for the proxy's address still verify upstream.
@@ -22,11 +26,22 @@ LOCALSTACK2_JSON_ERROR = (
 )
 
 
+class QuietServer(ThreadingHTTPServer):
+    """Clients that go away (a killed backend, a timeout) are expected here."""
+
+    def handle_error(self, request, client_address):
+        pass
+
+
 class FaultProxy:
     def __init__(self, upstream_port: int):
         self.upstream_port = upstream_port
         self.reject_json = False
         self.fail_deletes = False
+        self.hold_deletes = False
+        self.deletes_held = threading.Event()
+        self.redirect_to = None  # a URL: every request gets 307 Location: it
+        self.rewrite = None  # bytes -> bytes, applied to upstream replies
         self.delay = 0.0
         self.failures: dict[str, list] = {}  # action -> [remaining, status, body]
         self.seen: list[str] = []  # "json:ReceiveMessage" / "query:DeleteMessageBatch"
@@ -56,6 +71,18 @@ class FaultProxy:
                         injected = (fail[1], fail[2])
                 if proxy.delay:
                     time.sleep(proxy.delay)
+                if proxy.redirect_to:
+                    self.send_response(307)
+                    self.send_header("Location", proxy.redirect_to)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if action == "DeleteMessageBatch" and proxy.hold_deletes:
+                    proxy.deletes_held.set()
+                    while proxy.hold_deletes:
+                        time.sleep(0.05)
+                    return self.reply(500, b'{"__type":"com.amazonaws.sqs#InternalError","message":"held"}',
+                                      "application/x-amz-json-1.0")
                 if proto == "json" and proxy.reject_json:
                     return self.reply(400, LOCALSTACK2_JSON_ERROR, "text/xml")
                 if injected:
@@ -67,6 +94,8 @@ class FaultProxy:
                 conn.request("POST", self.path, body=body, headers=dict(self.headers.items()))
                 resp = conn.getresponse()
                 data = resp.read()
+                if proxy.rewrite:
+                    data = proxy.rewrite(data)
                 headers = [(k, v) for k, v in resp.getheaders()
                            if k.lower() not in ("content-length", "connection", "transfer-encoding")]
                 conn.close()
@@ -82,7 +111,7 @@ class FaultProxy:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = QuietServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -91,6 +120,41 @@ class FaultProxy:
     def fail_next(self, action: str, times: int, status: int, body: bytes):
         with self.lock:
             self.failures[action] = [times, status, body]
+
+    def close(self):
+        self.hold_deletes = False
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Recorder:
+    """An HTTP server that records every request it gets and answers 200 {}."""
+
+    def __init__(self):
+        self.seen = []
+        rec = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _any(self):
+                n = int(self.headers.get("Content-Length", 0) or 0)
+                self.rfile.read(n)
+                rec.seen.append((self.command, self.path, dict(self.headers.items())))
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            do_GET = do_POST = do_PUT = _any
+
+        self.server = QuietServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self):
         self.server.shutdown()

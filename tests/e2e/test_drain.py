@@ -10,34 +10,19 @@ import time
 import psycopg
 import pytest
 
-from conftest import SAMPLE, USER_LOGINS_DDL, connect, make_queue, queue_depth, set_credentials
-
-SAMPLE_RECORDS = json.loads(SAMPLE.read_text())
-VALID = [r for r in SAMPLE_RECORDS if "user_id" in r]
-
-
-def drain(conn, url, **kw):
-    args = ", ".join(f"{k} => %({k})s" for k in kw)
-    sql = f"SELECT * FROM fetch_etl.sqs_drain(%(url)s{', ' + args if args else ''})"
-    return conn.execute(sql, {"url": url, **kw}).fetchone()
-
-
-def counts(row):
-    """(received, loaded, rejected, duplicates) of a sqs_drain result row."""
-    return tuple(row[1:])
-
-
-# Visibility timeout for tests that wait for messages to come back: long
-# enough that a drain of the sample (about 1 s) never outlives it, even on a
-# busy machine.
-VIS = 4
-
-
-def loaded_sample(row):
-    """The sample was loaded: 99 rows, 1 reject; any redelivery during the run
-    (a slow machine) shows up as duplicates, never as a second load."""
-    received, loaded, rejected, duplicates = counts(row)
-    return loaded == 99 and rejected == 1 and received == 100 + duplicates
+from conftest import (
+    SAMPLE_RECORDS,
+    USER_LOGINS_DDL,
+    VALID,
+    VIS,
+    connect,
+    counts,
+    drain,
+    loaded_sample,
+    make_queue,
+    queue_depth,
+    set_credentials,
+)
 
 
 def encode_version(v):
@@ -177,6 +162,8 @@ REJECTS = [
 
 
 def test_each_reject_reason_is_recorded_and_never_blocks_the_rest(pg, sqs):
+    # SQS takes bodies up to 1 MiB, the default limit: too_large needs a lower one
+    pg.execute("SET fetch_etl.max_body_bytes = '64kB'")
     good = json.dumps(VALID[0])
     _, url = make_queue(sqs, [b for b, _ in REJECTS] + [good])
     assert counts(drain(pg, url)) == (len(REJECTS) + 1, 1, len(REJECTS), 0)

@@ -38,7 +38,8 @@ def test_rotation_inside_an_open_transaction_waits_for_it(db):
 
 
 def test_two_databases_share_masks_after_set_mask_key(db):
-    key = bytes(range(1, 33))
+    # One byte repeated: the log scan knows keys typed by tests by that shape.
+    key = bytes([0x3C]) * 32
     with connect("postgres") as admin:
         admin.execute("DROP DATABASE IF EXISTS e2e_other")
         admin.execute("CREATE DATABASE e2e_other")

@@ -79,6 +79,34 @@ def diff(a: dict, b: dict) -> list[str]:
     return out
 
 
+def grants_survive(admin, old: str) -> list[str]:
+    """A role granted EXECUTE on every function of release `old` still has it
+    on every function of the same name after ALTER EXTENSION UPDATE (an upgrade
+    that drops and recreates a function must carry its grants over)."""
+    db, role = "upgrade_grants", "fe_upgrade_grantee"
+    admin(f'DROP DATABASE IF EXISTS "{db}"')
+    admin(f'CREATE DATABASE "{db}"')
+    admin(f"DROP ROLE IF EXISTS {role}")
+    admin(f"CREATE ROLE {role}")
+    out = []
+    try:
+        with psycopg.connect(host=ARGS.host, port=ARGS.port, user="postgres", dbname=db, autocommit=True) as c:
+            c.execute(f"CREATE EXTENSION fetch_etl VERSION '{old}'")
+            c.execute(f"GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA fetch_etl TO {role}")
+            granted = {r[0] for r in c.execute(
+                "SELECT proname FROM pg_proc WHERE pronamespace = 'fetch_etl'::regnamespace AND prokind = 'f'")}
+            c.execute("ALTER EXTENSION fetch_etl UPDATE")
+            for (fn, ok) in c.execute(
+                    "SELECT p.oid::regprocedure::text, has_function_privilege(%s, p.oid, 'EXECUTE') FROM pg_proc p"
+                    " WHERE p.pronamespace = 'fetch_etl'::regnamespace AND p.proname = ANY(%s)", (role, list(granted))):
+                if not ok:
+                    out.append(f"  {fn}: EXECUTE granted before the update is gone after it")
+    finally:
+        admin(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        admin(f"DROP ROLE IF EXISTS {role}")
+    return out
+
+
 def version_key(v: str):
     return [int(x) for x in re.findall(r"\d+", v)]
 
@@ -90,6 +118,8 @@ def main() -> int:
     ap.add_argument("--version", required=True, help="the current version (Cargo.toml)")
     ap.add_argument("--extdir", required=True, help="$(pg_config --sharedir)/extension")
     args = ap.parse_args()
+    global ARGS
+    ARGS = args
     extdir = Path(args.extdir)
 
     def admin(sql):
@@ -141,6 +171,11 @@ def main() -> int:
             problems = diff(upgraded, fresh)
             what = f"{v} -> {args.version}: ALTER EXTENSION UPDATE and a fresh install"
             hint = "the upgrade scripts miss something"
+            shutil.copyfile(path, target)
+            try:
+                problems += grants_survive(admin, v)
+            finally:
+                target.unlink()
         else:
             print(f"check_upgrades: {path.name} is newer than {args.version}", file=sys.stderr)
             return 1

@@ -98,10 +98,18 @@ pub struct Batch {
 }
 
 /// Validates, flattens and masks `msgs`. A message without a SentTimestamp
-/// is dated `now_ms`.
-pub fn build(msgs: &[&Message], limits: &Limits, masker: &Masker, now_ms: i64) -> Batch {
+/// is dated `now_ms`. `between` runs before each message (the extension
+/// checks for query cancellation there).
+pub fn build(
+    msgs: &[&Message],
+    limits: &Limits,
+    masker: &Masker,
+    now_ms: i64,
+    between: &mut dyn FnMut(),
+) -> Batch {
     let mut out = Batch::default();
     for (i, m) in msgs.iter().enumerate() {
+        between();
         match event::parse_login(&m.body, limits) {
             Ok(e) => out
                 .rows
@@ -143,7 +151,13 @@ mod tests {
             msg("d", r#"{"foo": "oops_wrong_msg_type", "bar": "123"}"#, None),
         ];
         let refs: Vec<&Message> = msgs.iter().collect();
-        let b = build(&refs, &Limits::default(), &masker, 951_782_400_000);
+        let b = build(
+            &refs,
+            &Limits::default(),
+            &masker,
+            951_782_400_000,
+            &mut || {},
+        );
         assert_eq!(b.rows.len(), 2);
         assert_eq!(b.rows.source, vec![0, 2]);
         assert_eq!(b.rows.user_id, vec![Some("u1".into()), Some("u2".into())]);
@@ -178,6 +192,16 @@ mod tests {
     }
 
     #[test]
+    fn interrupt_the_hook_runs_before_every_message() {
+        let masker = Masker::new(&KEY).unwrap();
+        let msgs: Vec<Message> = (0..5).map(|i| msg(&i.to_string(), "{}", None)).collect();
+        let refs: Vec<&Message> = msgs.iter().collect();
+        let mut calls = 0;
+        build(&refs, &Limits::default(), &masker, 0, &mut || calls += 1);
+        assert_eq!(calls, 5);
+    }
+
+    #[test]
     fn vault_pairs_are_mask_and_raw_of_present_values() {
         let masker = Masker::new(&KEY).unwrap();
         let msgs = [
@@ -190,7 +214,7 @@ mod tests {
             msg("c", r#"{"user_id": "w"}"#, Some(0)),
         ];
         let refs: Vec<&Message> = msgs.iter().collect();
-        let b = build(&refs, &Limits::default(), &masker, 0);
+        let b = build(&refs, &Limits::default(), &masker, 0, &mut || {});
         let pairs = |k| {
             b.rows
                 .vault_pairs(k)
@@ -220,7 +244,7 @@ mod tests {
             r#"{"user_id": "u", "app_version": "1.2.3.4-beta"}"#,
             Some(0),
         );
-        let b = build(&[&m], &limits, &masker, 0);
+        let b = build(&[&m], &limits, &masker, 0, &mut || {});
         assert_eq!(b.rows.app_version_text, vec![Some("1.2.3.4-beta".into())]);
         assert!(b.rows.app_version_int.is_empty());
     }
@@ -236,7 +260,7 @@ mod tests {
             .map(|(i, r)| msg(&i.to_string(), &serde_json::to_string(r).unwrap(), Some(0)))
             .collect();
         let refs: Vec<&Message> = msgs.iter().collect();
-        let b = build(&refs, &Limits::default(), &masker, 0);
+        let b = build(&refs, &Limits::default(), &masker, 0, &mut || {});
         assert_eq!(b.rows.len(), 99);
         assert_eq!(b.refused.len(), 1);
         assert_eq!(b.refused[0].index, 12);

@@ -8,6 +8,7 @@
 //! - [`settings`]: every `fetch_etl.*` setting's name, default and bounds.
 //! - [`event`]: validating and flattening one login event.
 //! - [`mask`]: keyed HMAC-SHA256 masking.
+//! - [`budget`]: the memory bounds of one drain.
 //! - [`batch`]: received messages to column arrays, vault pairs and refusals.
 //! - [`target`]: which target tables are usable, their limits, the INSERT.
 //! - [`sqs`]: the SQS client (wire protocols, signing, retries, the pump).
@@ -18,6 +19,7 @@
 
 pub mod args;
 pub mod batch;
+pub mod budget;
 pub mod contract;
 pub mod error;
 pub mod event;

@@ -39,6 +39,8 @@ pub struct StringSetting {
     pub name: &'static CStr,
     pub short: &'static CStr,
     pub long: &'static CStr,
+    /// None: empty.
+    pub default: Option<&'static CStr>,
     pub access: Access,
     /// Hidden from SHOW ALL and pg_settings for other roles.
     pub secret: bool,
@@ -91,6 +93,7 @@ pub const AWS_ACCESS_KEY_ID: StringSetting = StringSetting {
     name: c"fetch_etl.aws_access_key_id",
     short: c"AWS access key id for SQS (default: the server's AWS_ACCESS_KEY_ID).",
     long: c"Superuser only. Prefer the server's environment; see docs/security.md.",
+    default: None,
     access: Access::Superuser,
     secret: true,
 };
@@ -99,6 +102,7 @@ pub const AWS_SECRET_ACCESS_KEY: StringSetting = StringSetting {
     name: c"fetch_etl.aws_secret_access_key",
     short: c"AWS secret access key for SQS (default: the server's AWS_SECRET_ACCESS_KEY).",
     long: c"Superuser only, never shown to other roles. Prefer the server's environment.",
+    default: None,
     access: Access::Superuser,
     secret: true,
 };
@@ -108,6 +112,7 @@ pub const AWS_SESSION_TOKEN: StringSetting = StringSetting {
     short:
         c"AWS session token for temporary credentials (default: the server's AWS_SESSION_TOKEN).",
     long: c"Superuser only, never shown to other roles.",
+    default: None,
     access: Access::Superuser,
     secret: true,
 };
@@ -116,6 +121,7 @@ pub const AWS_REGION: StringSetting = StringSetting {
     name: c"fetch_etl.aws_region",
     short: c"AWS region for signing when the queue host names none (default: AWS_REGION, AWS_DEFAULT_REGION, then us-east-1).",
     long: c"",
+    default: None,
     access: Access::Superuser,
     secret: false,
 };
@@ -124,6 +130,16 @@ pub const SQS_ENDPOINT_URL: StringSetting = StringSetting {
     name: c"fetch_etl.sqs_endpoint_url",
     short: c"Send SQS requests here instead of the queue URL's host (default: AWS_ENDPOINT_URL_SQS, AWS_ENDPOINT_URL).",
     long: c"For emulators whose queue URLs name an unreachable host.",
+    default: None,
+    access: Access::Superuser,
+    secret: false,
+};
+
+pub const ALLOWED_ENDPOINTS: StringSetting = StringSetting {
+    name: c"fetch_etl.allowed_endpoints",
+    short: c"Endpoints the server may send signed SQS requests to: aws (AWS SQS over https), scheme://host[:port] entries, * and *.domain patterns.",
+    long: c"Hosts matched only by a pattern must resolve to public addresses. See docs/security.md.",
+    default: Some(c"aws"),
     access: Access::Superuser,
     secret: false,
 };
@@ -138,7 +154,7 @@ pub const SQS_PROTOCOL: EnumSetting = EnumSetting {
 
 pub const RECEIVE_CONCURRENCY: IntSetting = IntSetting {
     name: c"fetch_etl.receive_concurrency",
-    short: c"ReceiveMessage calls sqs_drain keeps in flight at once.",
+    short: c"ReceiveMessage calls sqs_drain keeps in flight at once (at most fetch_etl.max_receive_concurrency).",
     long: c"",
     default: 8,
     min: 1,
@@ -147,13 +163,24 @@ pub const RECEIVE_CONCURRENCY: IntSetting = IntSetting {
     access: Access::Anyone,
 };
 
+pub const MAX_RECEIVE_CONCURRENCY: IntSetting = IntSetting {
+    name: c"fetch_etl.max_receive_concurrency",
+    short: c"Superuser limit on fetch_etl.receive_concurrency.",
+    long: c"Each call in flight may hold a reply of up to 21 MiB: the default keeps a drain under 256 MB.",
+    default: 8,
+    min: 1,
+    max: 64,
+    unit: Unit::None,
+    access: Access::Superuser,
+};
+
 pub const BATCH_SIZE: IntSetting = IntSetting {
     name: c"fetch_etl.batch_size",
     short: c"Messages stored per batch of INSERT statements.",
     long: c"",
     default: 100,
     min: 10,
-    max: 100_000,
+    max: 10_000,
     unit: Unit::None,
     access: Access::Anyone,
 };
@@ -161,10 +188,10 @@ pub const BATCH_SIZE: IntSetting = IntSetting {
 pub const MAX_BODY_BYTES: IntSetting = IntSetting {
     name: c"fetch_etl.max_body_bytes",
     short: c"Message bodies larger than this are rejected as too_large.",
-    long: c"",
-    default: 64 * 1024,
+    long: c"SQS bodies are at most 1 MiB, the default and the maximum.",
+    default: SQS_MAX_BODY_BYTES,
     min: 256,
-    max: 16 * 1024 * 1024,
+    max: SQS_MAX_BODY_BYTES,
     unit: Unit::Bytes,
     access: Access::Anyone,
 };
@@ -175,7 +202,7 @@ pub const HTTP_TIMEOUT: IntSetting = IntSetting {
     long: c"",
     default: 10_000,
     min: 100,
-    max: 600_000,
+    max: 120_000,
     unit: Unit::Milliseconds,
     access: Access::Anyone,
 };
@@ -186,21 +213,43 @@ pub const HTTP_MAX_ATTEMPTS: IntSetting = IntSetting {
     long: c"",
     default: 5,
     min: 1,
-    max: 20,
+    max: 10,
     unit: Unit::None,
     access: Access::Anyone,
 };
 
 pub const DELETE_TIMEOUT: IntSetting = IntSetting {
     name: c"fetch_etl.delete_timeout",
-    short: c"Time allowed after COMMIT for deleting the drained messages from SQS.",
+    short: c"Time allowed after COMMIT for deleting the drained messages from SQS (standby wait included).",
     long: c"Messages not deleted in time come back and are counted as duplicates.",
     default: 10_000,
     min: 100,
-    max: 600_000,
+    max: 60_000,
     unit: Unit::Milliseconds,
     access: Access::Anyone,
 };
+
+pub const LEDGER_WAIT_TIMEOUT: IntSetting = IntSetting {
+    name: c"fetch_etl.ledger_wait_timeout",
+    short: c"Longest wait for another session's uncommitted ledger entry; its message is then left for a later drain.",
+    long: c"",
+    default: 5_000,
+    min: 0,
+    max: 60_000,
+    unit: Unit::Milliseconds,
+    access: Access::Anyone,
+};
+
+pub const DELETE_AFTER: EnumSetting = EnumSetting {
+    name: c"fetch_etl.delete_after",
+    short: c"Delete drained messages once the commit is flushed locally (local_flush) or on every streaming standby too (standby_flush).",
+    long: c"standby_flush waits at most fetch_etl.delete_timeout; messages not deleted come back and count as duplicates.",
+    values: &["local_flush", "standby_flush"],
+    access: Access::Anyone,
+};
+
+/// SQS's limit on a message (body and attributes): 1 MiB.
+pub const SQS_MAX_BODY_BYTES: i32 = 1024 * 1024;
 
 pub const STRINGS: &[StringSetting] = &[
     AWS_ACCESS_KEY_ID,
@@ -208,15 +257,18 @@ pub const STRINGS: &[StringSetting] = &[
     AWS_SESSION_TOKEN,
     AWS_REGION,
     SQS_ENDPOINT_URL,
+    ALLOWED_ENDPOINTS,
 ];
-pub const ENUMS: &[EnumSetting] = &[SQS_PROTOCOL];
+pub const ENUMS: &[EnumSetting] = &[SQS_PROTOCOL, DELETE_AFTER];
 pub const INTS: &[IntSetting] = &[
     RECEIVE_CONCURRENCY,
+    MAX_RECEIVE_CONCURRENCY,
     BATCH_SIZE,
     MAX_BODY_BYTES,
     HTTP_TIMEOUT,
     HTTP_MAX_ATTEMPTS,
     DELETE_TIMEOUT,
+    LEDGER_WAIT_TIMEOUT,
 ];
 
 /// Every setting's name, in documentation order.

@@ -15,6 +15,9 @@ SELECT public.try('SELECT * FROM fetch_etl.mask_keys') AS read_keys;
 SELECT public.try('SELECT * FROM fetch_etl.pii_vault') AS read_vault;
 SELECT public.try('SELECT * FROM fetch_etl.queue_health') AS read_health;
 SELECT public.try('SELECT * FROM fetch_etl.dead_letters') AS read_dead_letters;
+-- Threat: a role without grants blocks every drain of a queue by locking it.
+SELECT public.try('SELECT * FROM fetch_etl.queue_locks FOR UPDATE') AS lock_queues;
+SELECT public.try('INSERT INTO fetch_etl.queue_locks VALUES (''x'')') AS add_queue_lock;
 SELECT public.try('SELECT fetch_etl.unmask(masked_ip) FROM public.logins') AS unmask;
 SELECT public.try('SELECT fetch_etl.mask_pii(''x'')') AS mask_without_grant;
 SELECT public.try('SELECT fetch_etl.mask_and_vault(''x'')') AS write_vault;

@@ -12,11 +12,13 @@
 //! Prints `{"messages": N, "seconds": S}` once the queue is empty.
 
 use std::cell::{Cell, RefCell};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 
-use fetch_etl_core::sqs::transport::{http_client, HttpTransport};
+use fetch_etl_core::sqs::endpoint::{host_of, Reach};
+use fetch_etl_core::sqs::transport::{http_client, Guard, HttpTransport};
 use fetch_etl_core::sqs::{Client, ClientConfig, Credentials, Protocol, QueueRef};
 
 fn arg(name: &str) -> String {
@@ -71,8 +73,12 @@ fn main() {
         .build()
         .expect("runtime");
     let _guard = rt.enter();
+    let queue = QueueRef::parse(&queue_url, Some(&endpoint)).expect("queue URL");
+    // The benchmark's own emulator, named on its command line.
+    let guard = Arc::new(Guard::default());
+    guard.allow(&host_of(&queue.endpoint).expect("a host"), Reach::Anything);
     let client = Client::new(
-        HttpTransport::new(http_client(Duration::from_secs(5)).expect("HTTP client")),
+        HttpTransport::new(http_client(Duration::from_secs(5), guard).expect("HTTP client")),
         ClientConfig {
             protocol: Some(Protocol::Json),
             ..ClientConfig::default()
@@ -83,7 +89,7 @@ fn main() {
             session_token: None,
         },
         "us-east-1".into(),
-        QueueRef::parse(&queue_url, Some(&endpoint)).expect("queue URL"),
+        queue,
         None,
     );
     let count = Cell::new(0usize);

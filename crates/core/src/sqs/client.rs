@@ -31,7 +31,7 @@ impl Default for ClientConfig {
             protocol: None,
             request_timeout: Duration::from_millis(settings::HTTP_TIMEOUT.default as u64),
             retry: RetryPolicy::default(),
-            max_response_bytes: 32 * 1024 * 1024,
+            max_response_bytes: crate::budget::MAX_REPLY_BYTES,
         }
     }
 }
@@ -108,7 +108,9 @@ impl<T: Transport> Client<T> {
         self.creds.redact(text)
     }
 
-    /// ReceiveMessage (max 1..=10, wait 0..=20 s).
+    /// ReceiveMessage (max 1..=10, wait 0..=20 s). A reply with more than
+    /// `max` messages is cut to the first `max`: the others are neither
+    /// stored nor deleted, so they come back after their visibility timeout.
     pub async fn receive(
         &self,
         max: u32,
@@ -116,28 +118,35 @@ impl<T: Transport> Client<T> {
         visibility_timeout: Option<u32>,
     ) -> Result<Vec<Message>, SqsError> {
         let q = &self.queue;
-        self.call(
-            Op::Receive,
-            |p| wire::receive_request(p, q, max, wait_seconds, visibility_timeout),
-            wire::parse_receive,
-            Duration::from_secs(wait_seconds as u64),
-        )
-        .await
+        let mut msgs = self
+            .call(
+                Op::Receive,
+                |p| wire::receive_request(p, q, max, wait_seconds, visibility_timeout),
+                wire::parse_receive,
+                Duration::from_secs(wait_seconds as u64),
+            )
+            .await?;
+        msgs.truncate(max as usize);
+        Ok(msgs)
     }
 
-    /// DeleteMessageBatch of up to 10 `(id, receipt handle)` pairs.
+    /// DeleteMessageBatch of up to 10 `(id, receipt handle)` pairs. An entry
+    /// the reply neither confirms nor refuses counts as failed
+    /// (`NotAcknowledged`); ids it names that were not sent are ignored.
     pub async fn delete_batch(
         &self,
         entries: &[(String, String)],
     ) -> Result<DeleteOutcome, SqsError> {
         let q = &self.queue;
-        self.call(
-            Op::Delete,
-            |p| wire::delete_batch_request(p, q, entries),
-            wire::parse_delete_batch,
-            Duration::ZERO,
-        )
-        .await
+        let reply = self
+            .call(
+                Op::Delete,
+                |p| wire::delete_batch_request(p, q, entries),
+                wire::parse_delete_batch,
+                Duration::ZERO,
+            )
+            .await?;
+        Ok(account_deletes(entries, reply))
     }
 
     /// GetQueueAttributes.
@@ -298,6 +307,29 @@ impl<T: Transport> Client<T> {
             other => other,
         }
     }
+}
+
+/// What a DeleteMessageBatch reply means for the entries sent.
+fn account_deletes(entries: &[(String, String)], reply: DeleteOutcome) -> DeleteOutcome {
+    let sent: std::collections::HashSet<&str> = entries.iter().map(|(id, _)| id.as_str()).collect();
+    let mut seen = std::collections::HashSet::new();
+    let mut out = DeleteOutcome::default();
+    for id in reply.deleted {
+        if sent.contains(id.as_str()) && seen.insert(id.clone()) {
+            out.deleted.push(id);
+        }
+    }
+    for (id, code) in reply.failed {
+        if sent.contains(id.as_str()) && seen.insert(id.clone()) {
+            out.failed.push((id, code));
+        }
+    }
+    for (id, _) in entries {
+        if !seen.contains(id) {
+            out.failed.push((id.clone(), "NotAcknowledged".into()));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -524,19 +556,53 @@ mod tests {
             reply(200, r#"{"Successful":[{"Id":"0"}],"Failed":[]}"#),
         ]);
         let out = run(c.delete_batch(&[("0".into(), "h".into())])).unwrap();
-        assert_eq!(out.deleted, 1);
+        assert_eq!(out.deleted.len(), 1);
         assert_eq!(fake.requests().len(), before + 2);
     }
 
     #[test]
-    fn malformed_success_replies_are_not_retried() {
-        let fake = Fake::new(vec![reply(200, r#"{"Messages": [{"#)]);
+    fn truncated_success_replies_are_retried_like_network_errors() {
+        let fake = Fake::new(vec![reply(200, r#"{"Messages": [{"#), reply(200, ONE_JSON)]);
         let c = client(&fake, Some(Protocol::Json), 5);
-        assert!(matches!(
-            run(c.receive(10, 0, None)),
-            Err(SqsError::Malformed(_))
-        ));
-        assert_eq!(fake.requests().len(), 1);
+        assert_eq!(run(c.receive(10, 0, None)).unwrap().len(), 1);
+        assert_eq!(fake.requests().len(), 2);
+        let fake = Fake::new(vec![reply(200, "<html>"); 2]);
+        let c = client(&fake, Some(Protocol::Json), 2);
+        let e = run(c.receive(10, 0, None)).unwrap_err();
+        assert!(matches!(e, SqsError::Malformed(_)), "{e:?}");
+        assert_eq!(fake.requests().len(), 2);
+    }
+
+    #[test]
+    fn memory_reply_with_more_messages_than_asked_is_cut() {
+        let three = r#"{"Messages":[{"MessageId":"a","ReceiptHandle":"ra","Body":"{}"},{"MessageId":"b","ReceiptHandle":"rb","Body":"{}"},{"MessageId":"c","ReceiptHandle":"rc","Body":"{}"}]}"#;
+        let fake = Fake::new(vec![reply(200, three)]);
+        let c = client(&fake, Some(Protocol::Json), 1);
+        let msgs = run(c.receive(2, 0, None)).unwrap();
+        assert_eq!(
+            msgs.iter()
+                .map(|m| m.message_id.as_str())
+                .collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+    }
+
+    #[test]
+    fn a_delete_entry_neither_confirmed_nor_refused_is_a_failure() {
+        let body = r#"{"Successful":[{"Id":"0"},{"Id":"9"}],"Failed":[{"Id":"1","Code":"ReceiptHandleIsInvalid"}]}"#;
+        let fake = Fake::new(vec![reply(200, body)]);
+        let c = client(&fake, Some(Protocol::Json), 1);
+        let entries: Vec<(String, String)> =
+            (0..3).map(|i| (i.to_string(), format!("h{i}"))).collect();
+        let out = run(c.delete_batch(&entries)).unwrap();
+        assert_eq!(out.deleted, vec!["0".to_string()], "9 was never sent");
+        assert_eq!(
+            out.failed,
+            vec![
+                ("1".to_string(), "ReceiptHandleIsInvalid".to_string()),
+                ("2".to_string(), "NotAcknowledged".to_string())
+            ]
+        );
     }
 
     #[test]
@@ -610,7 +676,7 @@ mod tests {
             r.timeout,
             ClientConfig::default().request_timeout + Duration::from_secs(20)
         );
-        assert_eq!(r.max_reply_bytes, 32 * 1024 * 1024);
+        assert_eq!(r.max_reply_bytes, crate::budget::MAX_REPLY_BYTES);
         assert_eq!(r.url.as_str(), "http://localhost:4566/");
     }
 }

@@ -12,6 +12,7 @@
 //! - `pump`: concurrent ReceiveMessage calls feeding a bounded channel.
 
 pub mod client;
+pub mod endpoint;
 pub mod pump;
 pub mod queue_url;
 pub mod retry;
@@ -63,17 +64,65 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+/// Substrings of a secret this long or longer are redacted wherever they
+/// appear: a message that quotes part of a session token leaks it as surely
+/// as one that quotes it whole.
+const REDACT_MIN: usize = 12;
+
 impl Credentials {
-    /// Removes every secret from `text` (defence in depth for error messages).
+    /// Removes every secret from `text`, and every run of [`REDACT_MIN`] or
+    /// more characters of one (defence in depth for error messages).
     pub fn redact(&self, text: &str) -> String {
+        let secrets = std::iter::once(&self.secret_access_key).chain(self.session_token.iter());
         let mut out = text.to_string();
-        for secret in std::iter::once(&self.secret_access_key).chain(self.session_token.iter()) {
-            if secret.len() >= 4 {
-                out = out.replace(secret.as_str(), "<redacted>");
-            }
+        for secret in secrets {
+            out = redact_runs(&out, secret);
         }
         out
     }
+}
+
+/// `text` with each of its runs of `REDACT_MIN`+ bytes found in `secret`
+/// replaced by `<redacted>` (whole secrets shorter than that too).
+fn redact_runs(text: &str, secret: &str) -> String {
+    if secret.len() < 4 {
+        return text.to_string();
+    }
+    if secret.len() < REDACT_MIN || !secret.is_ascii() {
+        return text.replace(secret, "<redacted>");
+    }
+    // Mark every byte of text covered by some REDACT_MIN-byte window of the secret.
+    let t = text.as_bytes();
+    let mut covered = vec![false; t.len()];
+    let windows: std::collections::HashSet<&[u8]> = secret.as_bytes().windows(REDACT_MIN).collect();
+    for i in 0..t.len().saturating_sub(REDACT_MIN - 1) {
+        if windows.contains(&t[i..i + REDACT_MIN]) {
+            covered[i..i + REDACT_MIN]
+                .iter_mut()
+                .for_each(|c| *c = true);
+        }
+    }
+    if !covered.contains(&true) {
+        return text.to_string();
+    }
+    // Secrets here are ASCII, so covered runs start and end on char boundaries.
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < t.len() {
+        if covered[i] {
+            out.push_str("<redacted>");
+            while i < t.len() && covered[i] {
+                i += 1;
+            }
+        } else {
+            let start = i;
+            while i < t.len() && !covered[i] {
+                i += 1;
+            }
+            out.push_str(&text[start..i]);
+        }
+    }
+    out
 }
 
 /// One received message.
@@ -91,8 +140,10 @@ pub struct Message {
 /// Result of a DeleteMessageBatch call.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeleteOutcome {
-    pub deleted: usize,
-    /// (entry id, error code) of entries SQS refused.
+    /// Entry ids SQS confirmed.
+    pub deleted: Vec<String>,
+    /// (entry id, error code) of entries SQS refused, or did not mention
+    /// (code `NotAcknowledged`): these messages come back.
     pub failed: Vec<(String, String)>,
 }
 
@@ -103,13 +154,13 @@ pub enum SqsError {
     InvalidQueueUrl { url: String, reason: String },
     #[error("invalid setting: {0}")]
     InvalidConfig(String),
-    #[error("SQS rejected the credentials ({code}): {message}")]
+    #[error("SQS rejected the credentials ({code}){}", message_suffix(message))]
     Auth { code: String, message: String },
-    #[error("SQS denied access ({code}): {message}")]
+    #[error("SQS denied access ({code}){}", message_suffix(message))]
     AccessDenied { code: String, message: String },
-    #[error("queue does not exist ({code}): {message}")]
+    #[error("queue does not exist ({code}){}", message_suffix(message))]
     NoSuchQueue { code: String, message: String },
-    #[error("SQS error {code} (HTTP {status}): {message}")]
+    #[error("SQS error {code} (HTTP {status}){}", message_suffix(message))]
     Service {
         status: u16,
         code: String,
@@ -127,6 +178,15 @@ pub enum SqsError {
     Malformed(String),
     #[error("could not sign the request: {0}")]
     Signing(String),
+}
+
+/// `": message"`, or nothing when the reply carried no message.
+fn message_suffix(message: &str) -> String {
+    if message.is_empty() {
+        String::new()
+    } else {
+        format!(": {message}")
+    }
 }
 
 impl Classified for SqsError {
@@ -164,5 +224,28 @@ mod tests {
         assert!(!dbg.contains("wJalr") && !dbg.contains("FwoGZ"));
         let text = "failed: secret wJalrXUtnFEMI/K7MDENG token FwoGZXIvYXdzEXAMPLETOKEN";
         assert_eq!(c.redact(text), "failed: secret <redacted> token <redacted>");
+    }
+
+    #[test]
+    fn error_echo_partial_session_token_is_redacted() {
+        let token = "IQoJb3JpZ2luX2VjEJr//////////wEaCXVzLWVhc3QtMSJHMEUCIQDexampletoken0123456789abcdefghij";
+        let c = Credentials {
+            access_key_id: "AKID".into(),
+            secret_access_key: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into(),
+            session_token: Some(token.into()),
+        };
+        // a server quoting 20 characters from the middle of the token
+        let part = &token[30..50];
+        let text = format!(
+            "rejected token ...{part}... and key {}",
+            &c.secret_access_key[5..25]
+        );
+        let out = c.redact(&text);
+        assert!(!out.contains(part), "{out}");
+        assert!(!out.contains(&c.secret_access_key[5..25]), "{out}");
+        assert_eq!(out, "rejected token ...<redacted>... and key <redacted>");
+        // short coincidences are left alone, and non-secret text is untouched
+        assert_eq!(c.redact("IQoJb3 is fine"), "IQoJb3 is fine");
+        assert_eq!(c.redact("Zürich 東京"), "Zürich 東京");
     }
 }

@@ -12,8 +12,11 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use super::transport::Transport;
 use super::{Client, Message, SqsError};
@@ -45,11 +48,75 @@ pub struct PumpConfig {
     pub concurrency: usize,
     pub wait_seconds: u32,
     pub visibility_timeout: Option<u32>,
+    /// No new call starts while more bytes than this are received and not yet
+    /// stored (see [`Outstanding`]).
+    pub high_water: usize,
+}
+
+/// Bytes of received messages not yet stored, shared by the pump and its
+/// consumer: the pump's memory bound. At most `high_water` plus what the
+/// calls in flight bring (each at most the client's reply cap) is ever held.
+#[derive(Debug, Default)]
+pub struct Outstanding {
+    bytes: AtomicUsize,
+    freed: Notify,
+}
+
+impl Outstanding {
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    fn hold(self: &Arc<Self>, bytes: usize) -> Held {
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        Held {
+            outstanding: Some(self.clone()),
+            bytes,
+        }
+    }
+}
+
+/// Some outstanding bytes; given back when dropped (once stored).
+#[derive(Debug, Default)]
+pub struct Held {
+    outstanding: Option<Arc<Outstanding>>,
+    bytes: usize,
+}
+
+impl Held {
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Takes `other`'s bytes over (to be given back together).
+    pub fn absorb(&mut self, mut other: Held) {
+        if self.outstanding.is_none() {
+            self.outstanding = other.outstanding.take();
+        } else {
+            other.outstanding = None;
+        }
+        self.bytes += std::mem::take(&mut other.bytes);
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(o) = self.outstanding.take() {
+            o.bytes.fetch_sub(self.bytes, Ordering::Relaxed);
+            o.freed.notify_one();
+        }
+    }
+}
+
+/// What a message costs in memory, about.
+pub fn message_bytes(m: &Message) -> usize {
+    m.body.len() + m.message_id.len() + m.receipt_handle.len() + 64
 }
 
 #[derive(Debug)]
 pub enum PumpEvent {
-    Messages(Vec<Message>),
+    /// Messages, with their bytes held until the consumer drops the `Held`.
+    Messages(Vec<Message>, Held),
     /// A call failed (after the client's retries); no new calls are made.
     /// `received_before` says whether any message had come in before it.
     Failed {
@@ -63,6 +130,10 @@ pub enum PumpEvent {
 pub struct PumpStats {
     pub calls: u32,
     pub received: u64,
+    /// Replies over the client's size cap: their messages come back after
+    /// their visibility timeout, and the pump asked for one message per call
+    /// from then on.
+    pub oversized: u32,
 }
 
 type Call<'a> =
@@ -73,6 +144,7 @@ type Call<'a> =
 pub async fn pump<R: Receive>(
     source: &R,
     cfg: PumpConfig,
+    outstanding: Arc<Outstanding>,
     tx: mpsc::Sender<PumpEvent>,
 ) -> PumpStats {
     let mut inflight: FuturesUnordered<Call<'_>> = FuturesUnordered::new();
@@ -81,30 +153,41 @@ pub async fn pump<R: Receive>(
     let mut looks_empty = false;
     let mut long_polled = false;
     let mut stopped = false;
+    // After a reply over the size cap: one message per call.
+    let mut per_call: u64 = 10;
     let concurrency = cfg.concurrency.max(1);
     loop {
+        let gated = || outstanding.bytes() > cfg.high_water;
         while !stopped
             && !looks_empty
+            && !gated()
             && inflight.len() < concurrency
             && stats.received + requested < cfg.max_messages
         {
-            let n = (cfg.max_messages - stats.received - requested).min(10) as u32;
+            let n = (cfg.max_messages - stats.received - requested).min(per_call) as u32;
             requested += n as u64;
             inflight.push(Box::pin(async move {
                 (n, false, source.receive(n, 0, cfg.visibility_timeout).await)
             }));
         }
         if inflight.is_empty() {
-            let may_long_poll = looks_empty
-                && !long_polled
-                && !stopped
-                && cfg.wait_seconds > 0
-                && stats.received < cfg.max_messages;
+            let want_more = !stopped && stats.received < cfg.max_messages;
+            let may_long_poll = looks_empty && !long_polled && want_more && cfg.wait_seconds > 0;
+            if (may_long_poll || (want_more && !looks_empty)) && gated() {
+                // Too much is received and not yet stored: wait for the
+                // consumer (which stores at least every FLUSH bytes, less than
+                // the high water mark, so it never waits for us meanwhile).
+                let freed = outstanding.freed.notified();
+                if gated() {
+                    freed.await;
+                }
+                continue;
+            }
             if !may_long_poll {
                 return stats;
             }
             long_polled = true;
-            let n = (cfg.max_messages - stats.received).min(10) as u32;
+            let n = (cfg.max_messages - stats.received).min(per_call) as u32;
             requested += n as u64;
             let wait = cfg.wait_seconds;
             inflight.push(Box::pin(async move {
@@ -127,9 +210,16 @@ pub async fn pump<R: Receive>(
                     looks_empty = false;
                 }
                 stats.received += msgs.len() as u64;
-                if tx.send(PumpEvent::Messages(msgs)).await.is_err() {
+                let held = outstanding.hold(msgs.iter().map(message_bytes).sum());
+                if tx.send(PumpEvent::Messages(msgs, held)).await.is_err() {
                     return stats; // the consumer is gone
                 }
+            }
+            Err(SqsError::ResponseTooLarge { .. }) if n > 1 => {
+                // Ten messages too large for one reply together: one at a time
+                // always fits. This reply's messages come back later.
+                stats.oversized += 1;
+                per_call = 1;
             }
             Err(error) => {
                 let received_before = stats.received > 0;
@@ -212,7 +302,7 @@ mod tests {
             .unwrap();
         rt.block_on(async {
             let (tx, mut rx) = mpsc::channel(1000);
-            let stats = pump(script, cfg, tx).await;
+            let stats = pump(script, cfg, Arc::default(), tx).await;
             let mut events = Vec::new();
             while let Ok(e) = rx.try_recv() {
                 events.push(e);
@@ -227,6 +317,7 @@ mod tests {
             concurrency,
             wait_seconds: wait,
             visibility_timeout: None,
+            high_water: usize::MAX,
         }
     }
 
@@ -234,7 +325,7 @@ mod tests {
         events
             .iter()
             .map(|e| {
-                if let PumpEvent::Messages(m) = e {
+                if let PumpEvent::Messages(m, _) = e {
                     m.len()
                 } else {
                     0
@@ -252,7 +343,8 @@ mod tests {
             stats,
             PumpStats {
                 calls: 4,
-                received: 25
+                received: 25,
+                oversized: 0
             }
         );
         assert!(s
@@ -298,6 +390,83 @@ mod tests {
                 ..
             }]
         ));
+    }
+
+    #[test]
+    fn memory_no_new_call_while_too_much_is_unstored() {
+        // Each call brings 10 messages; the consumer stores (gives back) what
+        // it holds once it holds `flush` bytes, less than the high-water mark,
+        // as the drain does. The pump then never has more outstanding than the
+        // mark plus what the calls in flight bring.
+        let s = Script::new(vec![Ok(10); 30]);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let reply = 10
+            * message_bytes(&Message {
+                message_id: "m1000".into(),
+                receipt_handle: "r1000".into(),
+                body: "{}".into(),
+                sent_timestamp_ms: None,
+                receive_count: None,
+            });
+        let config = PumpConfig {
+            high_water: 3 * reply,
+            ..cfg(300, 4, 0)
+        };
+        let flush = 2 * reply;
+        let (peak, got) = rt.block_on(async {
+            let outstanding: Arc<Outstanding> = Arc::default();
+            let (tx, mut rx) = mpsc::channel(1000);
+            let o = outstanding.clone();
+            let consumer = async move {
+                let (mut peak, mut got) = (0, 0);
+                let mut kept = Held::default();
+                while let Some(e) = rx.recv().await {
+                    if let PumpEvent::Messages(m, held) = e {
+                        got += m.len();
+                        kept.absorb(held);
+                        peak = peak.max(o.bytes());
+                        if kept.bytes() >= flush {
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            kept = Held::default(); // stored: the bytes are given back
+                        }
+                    }
+                }
+                (peak, got)
+            };
+            let (_, r) = tokio::join!(pump(&s, config, outstanding.clone(), tx), consumer);
+            assert_eq!(outstanding.bytes(), 0, "everything given back");
+            r
+        });
+        assert_eq!(got, 300);
+        assert!(
+            peak <= 3 * reply + 4 * reply,
+            "peak {peak} vs reply {reply}"
+        );
+        assert!(peak > reply, "the test did hold bytes");
+    }
+
+    #[test]
+    fn memory_a_reply_over_the_size_cap_switches_to_one_message_per_call() {
+        let s = Script::new(vec![
+            Ok(10),
+            Err(SqsError::ResponseTooLarge { limit: 1 }),
+            Ok(1),
+            Ok(1),
+            Ok(0),
+        ]);
+        let (stats, events) = run(&s, cfg(1000, 1, 0));
+        assert_eq!(received(&events), 12);
+        assert_eq!(stats.oversized, 1);
+        let asked: Vec<u32> = s.asked.lock().unwrap().iter().map(|&(m, _)| m).collect();
+        assert_eq!(asked, vec![10, 10, 1, 1, 1]);
+        assert!(
+            events.iter().all(|e| matches!(e, PumpEvent::Messages(..))),
+            "not an error"
+        );
     }
 
     #[test]

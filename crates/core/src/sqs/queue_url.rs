@@ -13,6 +13,11 @@ pub struct QueueRef {
     pub endpoint: Url,
     /// Region found in an AWS-style host name, if any.
     pub host_region: Option<String>,
+    /// The queue whatever the URL's spelling: `sqs:<region>:<account>:<name>`
+    /// for AWS-style hosts (any of the region's endpoint names), else
+    /// `<scheme>://<host>:<port>/<account>/<name>` with the host lowercased
+    /// and the port explicit. Drains of one key never run at once.
+    pub lock_key: String,
 }
 
 impl QueueRef {
@@ -47,8 +52,10 @@ impl QueueRef {
             return Err(bad("a queue URL has no query string or fragment"));
         }
         let segments: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
-        let name = match segments.as_slice() {
-            [account, name] if account.chars().all(|c| c.is_ascii_alphanumeric()) => *name,
+        let (account, name) = match segments.as_slice() {
+            [account, name] if account.chars().all(|c| c.is_ascii_alphanumeric()) => {
+                (*account, *name)
+            }
             _ => {
                 return Err(bad(
                     "expected a path of the form /<account-id>/<queue-name>",
@@ -62,15 +69,48 @@ impl QueueRef {
         {
             return Err(bad("invalid queue name"));
         }
-        let host = match authority.strip_prefix('[') {
-            Some(v6) => v6.split(']').next().unwrap_or(v6),
-            None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
-        }
-        .to_ascii_lowercase();
+        let (host, port) = match authority.strip_prefix('[') {
+            Some(v6) => {
+                let (h, rest) = v6.split_once(']').unwrap_or((v6, ""));
+                (h, rest.strip_prefix(':'))
+            }
+            None => match authority.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            },
+        };
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let port: u16 = match port {
+            None | Some("") => {
+                if scheme == "https" {
+                    443
+                } else {
+                    80
+                }
+            }
+            Some(p) => p.parse().map_err(|_| bad("invalid port"))?,
+        };
+        let host_region = region_from_host(&host);
+        // The URL parser's spelling of the host where it has one (it writes
+        // 0x7f.1 and 127.1 as 127.0.0.1, IPv6 compressed).
+        let host_key = Url::parse(&format!("{scheme}://{authority}/"))
+            .ok()
+            .and_then(|u| u.host_str().map(|h| h.trim_end_matches('.').to_string()))
+            .unwrap_or_else(|| host.clone());
+        let lock_key = match &host_region {
+            Some(region) => format!("sqs:{region}:{account}:{name}"),
+            None => format!("{scheme}://{host_key}:{port}/{account}/{name}"),
+        };
         let endpoint = match endpoint_override.map(str::trim).filter(|s| !s.is_empty()) {
             Some(e) => {
-                let mut u = Url::parse(e)
-                    .map_err(|err| SqsError::InvalidConfig(format!("endpoint URL {e:?}: {err}")))?;
+                let mut u = Url::parse(e).map_err(|err| {
+                    SqsError::InvalidConfig(format!("endpoint URL {:?}: {err}", for_message(e)))
+                })?;
+                if !u.username().is_empty() || u.password().is_some() {
+                    return Err(SqsError::InvalidConfig(
+                        "the endpoint URL must not carry credentials".into(),
+                    ));
+                }
                 if u.scheme() != "http" && u.scheme() != "https" {
                     return Err(SqsError::InvalidConfig(format!(
                         "endpoint URL {e:?}: the scheme must be http or https"
@@ -87,7 +127,8 @@ impl QueueRef {
         Ok(QueueRef {
             queue_url: queue_url.to_string(),
             endpoint,
-            host_region: region_from_host(&host),
+            host_region,
+            lock_key,
         })
     }
 }
@@ -218,6 +259,51 @@ mod tests {
             QueueRef::parse("http://h/1/q", Some("ftp://x")),
             Err(SqsError::InvalidConfig(_))
         ));
+        let e = QueueRef::parse("http://h/1/q", Some("http://admin:hunter2@127.0.0.1:4566"))
+            .unwrap_err();
+        assert!(matches!(e, SqsError::InvalidConfig(_)));
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn lock_spellings_of_one_queue_share_a_key() {
+        let key = |u: &str| QueueRef::parse(u, None).unwrap().lock_key;
+        let q = key("http://localhost:4566/000000000000/login-queue");
+        assert_eq!(q, "http://localhost:4566/000000000000/login-queue");
+        for same in [
+            "HTTP://LOCALHOST:4566/000000000000/login-queue",
+            "http://localhost:4566//000000000000/login-queue/",
+            "http://localhost.:4566/000000000000/login-queue",
+        ] {
+            assert_eq!(key(same), q, "{same}");
+        }
+        assert_eq!(key("http://h/1/q"), key("http://h:80/1/q"));
+        assert_eq!(key("http://127.1:9/1/q"), key("http://127.0.0.1:9/1/q"));
+        assert_eq!(key("http://[0:0::1]:9/1/q"), key("http://[::1]:9/1/q"));
+        assert_eq!(key("https://h/1/q"), key("https://h:443/1/q"));
+        // every endpoint name of an AWS region is one queue
+        let aws = key("https://sqs.us-east-1.amazonaws.com/123456789012/q");
+        assert_eq!(aws, "sqs:us-east-1:123456789012:q");
+        assert_eq!(
+            key("https://us-east-1.queue.amazonaws.com/123456789012/q"),
+            aws
+        );
+        assert_eq!(
+            key("https://vpce-0a-1.sqs.us-east-1.vpce.amazonaws.com/123456789012/q"),
+            aws
+        );
+        // and different queues are different
+        assert_ne!(
+            key("http://localhost:4566/000000000000/login-Queue"),
+            q,
+            "names are case-sensitive"
+        );
+        assert_ne!(key("http://localhost:4567/000000000000/login-queue"), q);
+        assert_ne!(
+            key("https://sqs.us-east-2.amazonaws.com/123456789012/q"),
+            aws
+        );
+        assert!(QueueRef::parse("http://h:x/1/q", None).is_err());
     }
 
     #[test]

@@ -30,7 +30,9 @@ pub enum RetryClass {
     /// missing queue, a reply over the size limit): the same request would be
     /// refused again.
     Client,
-    /// A success status whose reply could not be read.
+    /// A success status whose reply could not be read (truncated, or not the
+    /// protocol's format): retried like a network error, since a reply cut
+    /// short in transit looks exactly like this.
     MalformedReply,
 }
 
@@ -65,7 +67,10 @@ impl RetryClass {
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
-            RetryClass::Throttling | RetryClass::TransientNetwork | RetryClass::Server
+            RetryClass::Throttling
+                | RetryClass::TransientNetwork
+                | RetryClass::Server
+                | RetryClass::MalformedReply
         )
     }
 
@@ -73,7 +78,7 @@ impl RetryClass {
     /// 10 for timeouts and broken connections, which cost the server more).
     fn cost(self) -> u32 {
         match self {
-            RetryClass::TransientNetwork => 10,
+            RetryClass::TransientNetwork | RetryClass::MalformedReply => 10,
             _ => 5,
         }
     }
@@ -321,7 +326,7 @@ mod tests {
         for (err, class) in cases {
             assert_eq!(RetryClass::of(&err), class, "{err:?}");
         }
-        assert!(!MalformedReply.is_retryable());
+        assert!(MalformedReply.is_retryable());
         assert!(!Client.is_retryable());
     }
 
@@ -366,10 +371,6 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(1);
         assert_eq!(
             a.after_failure(RetryClass::Client, None, &mut rng),
-            Decision::GiveUp(GiveUp::NotRetryable)
-        );
-        assert_eq!(
-            a.after_failure(RetryClass::MalformedReply, None, &mut rng),
             Decision::GiveUp(GiveUp::NotRetryable)
         );
         assert_eq!(

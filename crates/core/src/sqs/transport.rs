@@ -1,12 +1,20 @@
 //! One HTTP exchange: a signed POST out, status, the headers we use and a
 //! size-capped body back. [`HttpTransport`] is reqwest; tests of the client
 //! plug in a scripted fake through the [`Transport`] trait.
+//!
+//! The reqwest client never follows redirects (a 3xx is a reply like any
+//! other error) and resolves names through [`Guard`], which only hands out
+//! addresses the endpoint allowlist (`endpoint.rs`) allows for that host.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use url::Url;
 
+use super::endpoint::{self, Reach};
 use super::{retry, SqsError};
 
 /// A request, signed and ready to send.
@@ -38,12 +46,108 @@ pub trait Transport: Send + Sync {
     fn send(&self, req: HttpRequest) -> impl Future<Output = Result<HttpReply, SqsError>> + Send;
 }
 
-/// A reqwest client suited to talking to SQS from a database backend.
-pub fn http_client(connect_timeout: Duration) -> Result<reqwest::Client, SqsError> {
+/// The hosts requests may go to, with where each may resolve: filled by the
+/// endpoint check before a drain sends anything, read by the resolver at
+/// every connect.
+#[derive(Debug, Default)]
+pub struct Guard {
+    hosts: Mutex<HashMap<String, Reach>>,
+}
+
+impl Guard {
+    /// `host` passed the allowlist with `reach`.
+    pub fn allow(&self, host: &str, reach: Reach) {
+        self.hosts
+            .lock()
+            .expect("not poisoned")
+            .insert(normal(host), reach);
+    }
+
+    fn reach(&self, host: &str) -> Option<Reach> {
+        self.hosts
+            .lock()
+            .expect("not poisoned")
+            .get(&normal(host))
+            .copied()
+    }
+}
+
+/// A host name as the guard keys it: lowercase, no trailing dot.
+fn normal(host: &str) -> String {
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Name resolution that only returns addresses the guard allows.
+struct GuardedResolver(Arc<Guard>);
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_string();
+        let reach = self.0.reach(&host);
+        Box::pin(async move {
+            let reach = reach.ok_or_else(|| {
+                format!("{host} was not checked against fetch_etl.allowed_endpoints")
+            })?;
+            let ok = resolve_allowed(&host, reach).await?;
+            Ok(Box::new(ok.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// The addresses of `host` that `reach` allows (an error if none).
+async fn resolve_allowed(
+    host: &str,
+    reach: Reach,
+) -> Result<Vec<SocketAddr>, Box<dyn std::error::Error + Send + Sync>> {
+    let all: Vec<SocketAddr> = tokio::net::lookup_host((host, 0)).await?.collect();
+    let ok: Vec<SocketAddr> = all
+        .iter()
+        .copied()
+        .filter(|a| endpoint::reachable(a.ip(), reach))
+        .collect();
+    if ok.is_empty() {
+        return Err(format!("no address of {host} is one fetch_etl may connect to").into());
+    }
+    Ok(ok)
+}
+
+/// Before anything is sent to `endpoint` (which passed the allowlist with
+/// `reach`): its name must resolve, and to allowed addresses only.
+pub async fn check_resolution(endpoint: &Url, reach: Reach) -> Result<(), endpoint::EndpointError> {
+    let Some(host) = endpoint::host_of(endpoint) else {
+        return Ok(());
+    };
+    if host.parse::<std::net::IpAddr>().is_ok() || reach == Reach::Anything {
+        return Ok(()); // literals were checked by the allowlist; exact names may be anything
+    }
+    let looked_up: Option<Vec<SocketAddr>> = tokio::net::lookup_host((host.as_str(), 0))
+        .await
+        .ok()
+        .map(|a| a.collect());
+    let Some(addrs) = looked_up else {
+        return Err(endpoint::EndpointError::Unresolved { host });
+    };
+    for a in &addrs {
+        endpoint::check_address(endpoint, &host, a.ip(), reach)?;
+    }
+    if addrs.is_empty() {
+        return Err(endpoint::EndpointError::Unresolved { host });
+    }
+    Ok(())
+}
+
+/// A reqwest client suited to talking to SQS from a database backend: no
+/// redirects, names resolved through `guard`.
+pub fn http_client(
+    connect_timeout: Duration,
+    guard: Arc<Guard>,
+) -> Result<reqwest::Client, SqsError> {
     reqwest::Client::builder()
         .connect_timeout(connect_timeout)
         .pool_idle_timeout(Duration::from_secs(50))
         .pool_max_idle_per_host(32)
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(Arc::new(GuardedResolver(guard)))
         .user_agent(concat!("fetch_etl/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| SqsError::InvalidConfig(format!("HTTP client: {}", error_chain(&e))))
@@ -76,6 +180,8 @@ impl Transport for HttpTransport {
             let endpoint = endpoint_of(&req.url);
             let timeout = req.timeout;
             let transport = |e: reqwest::Error| -> SqsError {
+                // The endpoint is named once, by us; reqwest would repeat the URL.
+                let e = e.without_url();
                 if e.is_timeout() {
                     SqsError::Timeout {
                         endpoint: endpoint.clone(),
@@ -111,10 +217,17 @@ impl Transport for HttpTransport {
             if resp.content_length().is_some_and(|n| n as usize > limit) {
                 return Err(SqsError::ResponseTooLarge { limit });
             }
-            let mut body = Vec::new();
+            // Exactly the announced length; without one, doubling but never
+            // past the limit (so a reply never holds more than `limit`).
+            let mut body = Vec::with_capacity(resp.content_length().unwrap_or(0) as usize);
             while let Some(chunk) = resp.chunk().await.map_err(transport)? {
-                if body.len() + chunk.len() > limit {
+                let needed = body.len() + chunk.len();
+                if needed > limit {
                     return Err(SqsError::ResponseTooLarge { limit });
+                }
+                if needed > body.capacity() {
+                    let grown = needed.max(body.capacity() * 2).min(limit);
+                    body.reserve_exact(grown - body.len());
                 }
                 body.extend_from_slice(&chunk);
             }

@@ -11,6 +11,7 @@ use quick_xml::events::Event;
 use serde::Deserialize;
 
 use super::{DeleteOutcome, Message, Protocol, QueueRef, SqsError};
+use crate::budget;
 
 pub const QUERY_API_VERSION: &str = "2012-11-05";
 /// Message attributes the drain asks for.
@@ -169,9 +170,15 @@ struct JsonMessage {
 #[derive(Deserialize)]
 struct JsonDeleteBatch {
     #[serde(rename = "Successful", default)]
-    successful: Vec<serde_json::Value>,
+    successful: Vec<JsonBatchOk>,
     #[serde(rename = "Failed", default)]
     failed: Vec<JsonBatchError>,
+}
+
+#[derive(Deserialize)]
+struct JsonBatchOk {
+    #[serde(rename = "Id", default)]
+    id: String,
 }
 
 #[derive(Deserialize)]
@@ -188,9 +195,29 @@ struct JsonAttributes {
     attributes: HashMap<String, String>,
 }
 
-fn malformed(what: &str, e: impl std::fmt::Display) -> SqsError {
-    SqsError::Malformed(format!("{what}: {e}"))
+/// A reply we cannot read. The text names what and where, never what the
+/// reply said: an error message is no way to read an endpoint's answers.
+fn malformed(what: &str, problem: impl std::fmt::Display) -> SqsError {
+    SqsError::Malformed(format!("{what}: {problem}"))
 }
+
+/// A serde_json error without the input it may quote ("invalid type:
+/// string \"...\""): its category and position only.
+fn json_problem(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let what = match e.classify() {
+        Category::Io => "unreadable JSON",
+        Category::Syntax => "invalid JSON",
+        Category::Data => "JSON of the wrong shape",
+        Category::Eof => "JSON that ends early",
+    };
+    format!("{what} at line {} column {}", e.line(), e.column())
+}
+
+/// 9999-12-31T23:59:59.999Z: a SentTimestamp beyond (or before 1970) is not
+/// one SQS sends; it is treated as missing, so that no date computed from it
+/// can fail in PostgreSQL.
+const MAX_TIMESTAMP_MS: i64 = 253_402_300_799_999;
 
 fn message_from(
     message_id: String,
@@ -204,19 +231,36 @@ fn message_from(
         body,
         sent_timestamp_ms: attrs
             .get("SentTimestamp")
-            .and_then(|v| v.trim().parse().ok()),
+            .and_then(|v| v.trim().parse().ok())
+            .filter(|ms| (0..=MAX_TIMESTAMP_MS).contains(ms)),
         receive_count: attrs
             .get("ApproximateReceiveCount")
             .and_then(|v| v.trim().parse().ok()),
     }
 }
 
-/// Messages of a successful ReceiveMessage reply.
+/// Messages of a successful ReceiveMessage reply. Receipt handles and ids
+/// longer than SQS makes them are refused (they are kept until COMMIT).
 pub fn parse_receive(protocol: Protocol, body: &[u8]) -> Result<Vec<Message>, SqsError> {
+    let msgs = parse_receive_unchecked(protocol, body)?;
+    for m in &msgs {
+        if m.receipt_handle.len() > budget::MAX_RECEIPT_HANDLE_BYTES
+            || m.message_id.len() > budget::MAX_MESSAGE_ID_BYTES
+        {
+            return Err(malformed(
+                "ReceiveMessage",
+                "a message id or receipt handle longer than SQS makes them",
+            ));
+        }
+    }
+    Ok(msgs)
+}
+
+fn parse_receive_unchecked(protocol: Protocol, body: &[u8]) -> Result<Vec<Message>, SqsError> {
     match protocol {
         Protocol::Json => {
-            let r: JsonReceive =
-                serde_json::from_slice(body).map_err(|e| malformed("ReceiveMessage", e))?;
+            let r: JsonReceive = serde_json::from_slice(body)
+                .map_err(|e| malformed("ReceiveMessage", json_problem(&e)))?;
             Ok(r.messages
                 .into_iter()
                 .map(|m| message_from(m.message_id, m.receipt_handle, m.body, &m.attributes))
@@ -261,10 +305,10 @@ pub fn parse_receive(protocol: Protocol, body: &[u8]) -> Result<Vec<Message>, Sq
 pub fn parse_delete_batch(protocol: Protocol, body: &[u8]) -> Result<DeleteOutcome, SqsError> {
     match protocol {
         Protocol::Json => {
-            let r: JsonDeleteBatch =
-                serde_json::from_slice(body).map_err(|e| malformed("DeleteMessageBatch", e))?;
+            let r: JsonDeleteBatch = serde_json::from_slice(body)
+                .map_err(|e| malformed("DeleteMessageBatch", json_problem(&e)))?;
             Ok(DeleteOutcome {
-                deleted: r.successful.len(),
+                deleted: r.successful.into_iter().map(|s| s.id).collect(),
                 failed: r.failed.into_iter().map(|f| (f.id, f.code)).collect(),
             })
         }
@@ -276,7 +320,8 @@ pub fn parse_delete_batch(protocol: Protocol, body: &[u8]) -> Result<DeleteOutco
             Ok(DeleteOutcome {
                 deleted: result
                     .children_named("DeleteMessageBatchResultEntry")
-                    .count(),
+                    .map(|e| e.child("Id").map(|c| c.text.clone()).unwrap_or_default())
+                    .collect(),
                 failed: result
                     .children_named("BatchResultErrorEntry")
                     .map(|e| {
@@ -296,8 +341,8 @@ pub fn parse_attributes(
 ) -> Result<HashMap<String, String>, SqsError> {
     match protocol {
         Protocol::Json => {
-            let r: JsonAttributes =
-                serde_json::from_slice(body).map_err(|e| malformed("GetQueueAttributes", e))?;
+            let r: JsonAttributes = serde_json::from_slice(body)
+                .map_err(|e| malformed("GetQueueAttributes", json_problem(&e)))?;
             Ok(r.attributes)
         }
         Protocol::Query => {
@@ -328,28 +373,60 @@ pub struct ErrorReply {
     pub json_protocol: bool,
 }
 
+/// The longest error code and message shown.
+const MAX_CODE: usize = 64;
+const MAX_MESSAGE: usize = 256;
+
+/// An AWS error code: only `[A-Za-z0-9._:-]`, at most 64 characters.
+fn error_code(s: &str) -> Option<String> {
+    let s = s.trim();
+    (!s.is_empty()
+        && s.len() <= MAX_CODE
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-')))
+    .then(|| s.to_string())
+}
+
+/// An AWS error message: control characters made spaces, at most 256 characters.
+fn error_message(s: &str) -> String {
+    let clean: String = s
+        .trim()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if clean.chars().count() > MAX_MESSAGE {
+        format!("{}...", clean.chars().take(MAX_MESSAGE).collect::<String>())
+    } else {
+        clean
+    }
+}
+
 /// Reads an error reply: JSON (`__type`, `message`, or the `x-amzn-query-error`
-/// header), Query XML (`<ErrorResponse><Error><Code>`), or anything else.
+/// header) or Query XML (`<ErrorResponse><Error><Code>`). Only a well-formed
+/// AWS error gives a code and a message, both sanitised; anything else (an
+/// HTML page from a proxy, a body from some other service) gives `HTTP<status>`
+/// and no text at all.
 pub fn parse_error(status: u16, query_error_header: Option<&str>, body: &[u8]) -> ErrorReply {
     let header_code = query_error_header
         .and_then(|h| h.split(';').next())
-        .map(str::trim)
-        .filter(|s| !s.is_empty());
+        .and_then(error_code);
     if let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(body) {
         if let Some(t) = map.get("__type").and_then(|v| v.as_str()) {
-            let code = header_code
-                .map(str::to_string)
-                .unwrap_or_else(|| t.rsplit('#').next().unwrap_or(t).to_string());
-            let message = ["message", "Message"]
-                .iter()
-                .find_map(|k| map.get(*k).and_then(|v| v.as_str()))
-                .unwrap_or("")
-                .to_string();
-            return ErrorReply {
-                code,
-                message,
-                json_protocol: true,
-            };
+            if let Some(code) = header_code
+                .clone()
+                .or_else(|| error_code(t.rsplit('#').next().unwrap_or(t)))
+            {
+                let message = ["message", "Message"]
+                    .iter()
+                    .find_map(|k| map.get(*k).and_then(|v| v.as_str()))
+                    .map(error_message)
+                    .unwrap_or_default();
+                return ErrorReply {
+                    code,
+                    message,
+                    json_protocol: true,
+                };
+            }
         }
     }
     if let Ok(root) = XmlElement::parse(body) {
@@ -360,27 +437,19 @@ pub fn parse_error(status: u16, query_error_header: Option<&str>, body: &[u8]) -
                 .or_else(|| root.child("Errors").and_then(|e| e.child("Error")))
         };
         if let Some(err) = err {
-            let text = |n: &str| {
-                err.child(n)
-                    .map(|c| c.text.trim().to_string())
-                    .unwrap_or_default()
-            };
-            let code = text("Code");
-            if !code.is_empty() {
+            let text = |n: &str| err.child(n).map(|c| c.text.clone()).unwrap_or_default();
+            if let Some(code) = error_code(&text("Code")) {
                 return ErrorReply {
                     code,
-                    message: text("Message"),
+                    message: error_message(&text("Message")),
                     json_protocol: false,
                 };
             }
         }
     }
-    let snippet: String = String::from_utf8_lossy(body).chars().take(200).collect();
     ErrorReply {
-        code: header_code
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("HTTP{status}")),
-        message: snippet.trim().to_string(),
+        code: header_code.unwrap_or_else(|| format!("HTTP{status}")),
+        message: String::new(),
         json_protocol: false,
     }
 }
@@ -449,6 +518,12 @@ pub fn classify(status: u16, reply: &ErrorReply) -> SqsError {
 
 // ---------------------------------------------------------------- XML tree
 
+/// Deepest XML nesting accepted.
+pub const MAX_XML_DEPTH: usize = 32;
+/// Most elements accepted in one reply: 10 messages with generous attributes
+/// need a few hundred.
+pub const MAX_XML_ELEMENTS: usize = 10_000;
+
 /// A minimal XML element tree: names without namespace prefixes, text
 /// unescaped and kept exactly (message bodies must not be trimmed).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -459,18 +534,37 @@ pub struct XmlElement {
 }
 
 impl XmlElement {
-    /// Parses a document into its root element.
+    /// Parses a document into its root element: at most [`MAX_XML_DEPTH`]
+    /// levels and [`MAX_XML_ELEMENTS`] elements.
     pub fn parse(xml: &[u8]) -> Result<XmlElement, SqsError> {
-        let bad = |e: &dyn std::fmt::Display| SqsError::Malformed(format!("XML: {e}"));
         let mut reader = quick_xml::Reader::from_reader(xml);
         reader.config_mut().trim_text(false);
+        // Where, not what: quick-xml's messages quote the document.
+        let bad = |reader: &quick_xml::Reader<&[u8]>| {
+            SqsError::Malformed(format!(
+                "malformed XML near byte {}",
+                reader.buffer_position()
+            ))
+        };
         let mut stack: Vec<XmlElement> = Vec::new();
         let mut buf = Vec::new();
+        let mut elements = 0usize;
         loop {
-            let ev = reader.read_event_into(&mut buf).map_err(|e| bad(&e))?;
+            let ev = match reader.read_event_into(&mut buf) {
+                Ok(ev) => ev,
+                Err(_) => return Err(bad(&reader)),
+            };
+            if matches!(ev, Event::Start(_) | Event::Empty(_)) {
+                elements += 1;
+                if elements > MAX_XML_ELEMENTS {
+                    return Err(SqsError::Malformed(format!(
+                        "XML reply has more than {MAX_XML_ELEMENTS} elements"
+                    )));
+                }
+            }
             match ev {
                 Event::Start(s) => {
-                    if stack.len() >= 32 {
+                    if stack.len() >= MAX_XML_DEPTH {
                         return Err(SqsError::Malformed("XML nested too deeply".into()));
                     }
                     stack.push(XmlElement {
@@ -489,7 +583,7 @@ impl XmlElement {
                     }
                 }
                 Event::End(_) => {
-                    let el = stack.pop().ok_or_else(|| bad(&"unbalanced end tag"))?;
+                    let el = stack.pop().ok_or_else(|| bad(&reader))?;
                     match stack.last_mut() {
                         Some(parent) => parent.children.push(el),
                         None => return Ok(el),
@@ -497,26 +591,26 @@ impl XmlElement {
                 }
                 Event::Text(t) => {
                     if let Some(cur) = stack.last_mut() {
-                        let raw = std::str::from_utf8(t.as_ref()).map_err(|e| bad(&e))?;
-                        let s = quick_xml::escape::unescape(raw).map_err(|e| bad(&e))?;
+                        let raw = std::str::from_utf8(t.as_ref()).map_err(|_| bad(&reader))?;
+                        let s = quick_xml::escape::unescape(raw).map_err(|_| bad(&reader))?;
                         cur.text.push_str(&s);
                     }
                 }
                 Event::GeneralRef(r) => {
                     if let Some(cur) = stack.last_mut() {
-                        let name = std::str::from_utf8(r.as_ref()).map_err(|e| bad(&e))?;
+                        let name = std::str::from_utf8(r.as_ref()).map_err(|_| bad(&reader))?;
                         let entity = format!("&{name};");
-                        let s = quick_xml::escape::unescape(&entity).map_err(|e| bad(&e))?;
+                        let s = quick_xml::escape::unescape(&entity).map_err(|_| bad(&reader))?;
                         cur.text.push_str(&s);
                     }
                 }
                 Event::CData(c) => {
                     if let Some(cur) = stack.last_mut() {
-                        cur.text
-                            .push_str(std::str::from_utf8(c.as_ref()).map_err(|e| bad(&e))?);
+                        let text = std::str::from_utf8(c.as_ref()).map_err(|_| bad(&reader))?;
+                        cur.text.push_str(text);
                     }
                 }
-                Event::Eof => return Err(bad(&"document ended early")),
+                Event::Eof => return Err(SqsError::Malformed("XML document ended early".into())),
                 _ => {}
             }
             buf.clear();
@@ -618,6 +712,25 @@ mod tests {
     }
 
     #[test]
+    fn poison_an_impossible_sent_timestamp_is_treated_as_missing() {
+        for (ts, want) in [
+            ("1670000000123", Some(1_670_000_000_123)),
+            ("0", Some(0)),
+            ("253402300799999", Some(253_402_300_799_999)),
+            ("253402300800000", None),
+            ("99999999999999999", None),
+            ("-5", None),
+            ("soon", None),
+        ] {
+            let body = format!(
+                r#"{{"Messages":[{{"MessageId":"m","ReceiptHandle":"r","Body":"{{}}","Attributes":{{"SentTimestamp":"{ts}"}}}}]}}"#
+            );
+            let m = parse_receive(Protocol::Json, body.as_bytes()).unwrap();
+            assert_eq!(m[0].sent_timestamp_ms, want, "{ts}");
+        }
+    }
+
+    #[test]
     fn query_receive_reply_keeps_bodies_exact() {
         let body = br#"<?xml version="1.0"?>
 <ReceiveMessageResponse xmlns="http://queue.amazonaws.com/doc/2012-11-05/">
@@ -653,7 +766,7 @@ mod tests {
     fn delete_batch_replies() {
         let j = br#"{"Successful":[{"Id":"0"}],"Failed":[{"Id":"1","SenderFault":true,"Code":"ReceiptHandleIsInvalid","Message":"x"}]}"#;
         let o = parse_delete_batch(Protocol::Json, j).unwrap();
-        assert_eq!(o.deleted, 1);
+        assert_eq!(o.deleted, vec!["0".to_string()]);
         assert_eq!(
             o.failed,
             vec![("1".to_string(), "ReceiptHandleIsInvalid".to_string())]
@@ -664,7 +777,7 @@ mod tests {
             <BatchResultErrorEntry><Id>1</Id><Code>ReceiptHandleIsInvalid</Code><Message>m</Message><SenderFault>true</SenderFault></BatchResultErrorEntry>
             </DeleteMessageBatchResult></DeleteMessageBatchResponse>"#;
         let o = parse_delete_batch(Protocol::Query, x).unwrap();
-        assert_eq!(o.deleted, 2);
+        assert_eq!(o.deleted, vec!["0".to_string(), "2".to_string()]);
         assert_eq!(o.failed.len(), 1);
     }
 
@@ -722,6 +835,101 @@ mod tests {
             br#"{"__type":"com.amazonaws.sqs#ThrottlingException","message":"Rate exceeded"}"#,
         );
         assert!(RetryClass::of(&classify(400, &throttled)).is_retryable());
+    }
+
+    #[test]
+    fn error_echo_a_body_that_is_not_an_aws_error_is_never_shown() {
+        // e.g. an internal admin page reached through a misdirected request
+        for body in [
+            &b"root:x:0:0:root:/root:/bin/bash"[..],
+            b"<html><title>Internal dashboard</title> token=abc123</html>",
+            br#"{"error": "internal", "secret": "s3cr3t"}"#,
+            br#"{"__type": "<img src=x onerror=alert(1)>", "message": "s3cr3t"}"#,
+        ] {
+            let r = parse_error(500, None, body);
+            assert_eq!(r.code, "HTTP500");
+            assert_eq!(r.message, "");
+            let shown = classify(500, &r).to_string();
+            assert_eq!(shown, "SQS error HTTP500 (HTTP 500)");
+        }
+        // a header code that is not a code is ignored too
+        let r = parse_error(403, Some("root:x:0:0 /bin/bash;Sender"), b"nope");
+        assert_eq!(r.code, "HTTP403");
+    }
+
+    #[test]
+    fn error_echo_codes_and_messages_are_sanitised_and_capped() {
+        let long = "x".repeat(5000);
+        let body = format!(
+            r#"{{"__type":"com.amazonaws.sqs#InvalidParameterValue","message":"line1\nline2 {long}"}}"#
+        );
+        let r = parse_error(400, None, body.as_bytes());
+        assert_eq!(r.code, "InvalidParameterValue");
+        assert!(r.message.starts_with("line1 line2 xxx"), "{}", r.message);
+        assert_eq!(r.message.chars().count(), 256 + 3);
+        let code = "A".repeat(65);
+        let body = format!(
+            r#"<ErrorResponse><Error><Code>{code}</Code><Message>m</Message></Error></ErrorResponse>"#
+        );
+        let r = parse_error(400, None, body.as_bytes());
+        assert_eq!((r.code.as_str(), r.message.as_str()), ("HTTP400", ""));
+    }
+
+    #[test]
+    fn error_echo_unreadable_replies_quote_nothing_of_them() {
+        let e = parse_receive(Protocol::Json, br#"{"Messages": "s3cr3t-internal-value"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("s3cr3t"), "{e}");
+        assert_eq!(
+            e,
+            "malformed SQS response: ReceiveMessage: JSON of the wrong shape at line 1 column 36"
+        );
+        let e = parse_receive(Protocol::Query, b"<ReceiveMessageResponse><s3cr3t></other>")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("s3cr3t") && !e.contains("other"), "{e}");
+        let e = parse_delete_batch(Protocol::Json, b"{\"Successful\": 7s3cr3t")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("s3cr3t"), "{e}");
+    }
+
+    #[test]
+    fn memory_receipt_handles_longer_than_sqs_makes_them_are_refused() {
+        let long = "h".repeat(1025);
+        let body = format!(
+            r#"{{"Messages":[{{"MessageId":"m","ReceiptHandle":"{long}","Body":"{{}}"}}]}}"#
+        );
+        assert!(matches!(
+            parse_receive(Protocol::Json, body.as_bytes()),
+            Err(SqsError::Malformed(_))
+        ));
+        let ok = format!(
+            r#"{{"Messages":[{{"MessageId":"m","ReceiptHandle":"{}","Body":"{{}}"}}]}}"#,
+            "h".repeat(1024)
+        );
+        assert_eq!(
+            parse_receive(Protocol::Json, ok.as_bytes()).unwrap().len(),
+            1
+        );
+    }
+
+    #[test]
+    fn memory_xml_element_count_is_capped() {
+        let many = format!(
+            "<ReceiveMessageResponse><ReceiveMessageResult>{}</ReceiveMessageResult></ReceiveMessageResponse>",
+            "<x/>".repeat(MAX_XML_ELEMENTS + 1)
+        );
+        let e = parse_receive(Protocol::Query, many.as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("more than 10000 elements"), "{e}");
+        let fine = format!(
+            "<ReceiveMessageResponse><ReceiveMessageResult>{}</ReceiveMessageResult></ReceiveMessageResponse>",
+            "<x/>".repeat(MAX_XML_ELEMENTS - 10)
+        );
+        assert!(parse_receive(Protocol::Query, fine.as_bytes())
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

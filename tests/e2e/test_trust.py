@@ -1,0 +1,416 @@
+"""The trust boundary, tried as an attacker or an unlucky operator would: where
+signed requests may go (ssrf_*), what errors may say (error_echo_*), memory
+(memory_*), interrupts (interrupt_*), the queue lock and ledger waits
+(lock_*), replays (replay_*) and messages that used to abort a drain
+(poison_*). Each test fails on 0.1.0."""
+import json
+import re
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from conftest import (
+    SQS_PORT,
+    USER_LOGINS_DDL,
+    VALID,
+    VIS,
+    connect,
+    counts,
+    drain,
+    make_queue,
+    set_credentials,
+)
+from fakesqs import BigBodies
+from faultproxy import Recorder
+
+
+def via(proxy, raw_url):
+    return raw_url.replace(f"127.0.0.1:{SQS_PORT}", f"127.0.0.1:{proxy.port}")
+
+
+@pytest.fixture
+def role(db):
+    """A LOGIN role allowed to drain into public.user_logins, and nothing else."""
+    name = "fe_" + uuid.uuid4().hex[:8]
+    with connect(db) as admin:
+        admin.execute(f"CREATE ROLE {name} LOGIN")
+        admin.execute(USER_LOGINS_DDL)
+        admin.execute(f"GRANT INSERT, SELECT ON user_logins TO {name}")
+        admin.execute(f"GRANT EXECUTE ON FUNCTION fetch_etl.sqs_drain(text, integer, integer, text, integer, text) TO {name}")
+    yield name
+    with connect(db) as admin:
+        admin.execute(f"DROP OWNED BY {name}")
+        admin.execute(f"DROP ROLE {name}")
+
+
+# ---------------------------------------------------------------- ssrf_*
+
+
+def test_ssrf_the_default_allowlist_sends_nothing_anywhere_else(pg, sqs, proxy):
+    raw_url, _ = make_queue(sqs, [json.dumps(VALID[0])])
+    pg.execute("SET fetch_etl.allowed_endpoints = 'aws'")
+    for url in [
+        via(proxy, raw_url),
+        "http://169.254.169.254/000000000000/q",  # EC2 instance metadata
+        "http://[fd00:ec2::254]/000000000000/q",
+        "http://10.0.0.1/000000000000/q",
+        "http://sqs.us-east-1.amazonaws.com/000000000000/q",  # AWS, but not over https
+    ]:
+        with pytest.raises(psycopg.Error) as e:
+            drain(pg, url)
+        assert e.value.sqlstate == "42501", url
+        assert "fetch_etl.allowed_endpoints" in str(e.value)
+    assert proxy.seen == [], "no request was sent"
+
+
+def test_ssrf_a_pattern_only_matches_names_that_resolve_to_public_addresses(pg, sqs, proxy):
+    raw_url, _ = make_queue(sqs, [json.dumps(VALID[0])])
+    pg.execute("SET fetch_etl.allowed_endpoints = 'http://*:*'")
+    for url in [via(proxy, raw_url).replace("127.0.0.1", "localhost"), via(proxy, raw_url)]:
+        with pytest.raises(psycopg.Error) as e:
+            drain(pg, url)
+        assert e.value.sqlstate == "42501"
+        assert "internal address" in str(e.value)
+    assert proxy.seen == []
+    # named exactly, the same host is allowed
+    pg.execute(f"SET fetch_etl.allowed_endpoints = 'http://localhost:{proxy.port}'")
+    assert counts(drain(pg, via(proxy, raw_url).replace("127.0.0.1", "localhost"))) == (1, 1, 0, 0)
+
+
+def test_ssrf_redirects_are_never_followed(pg, sqs, proxy):
+    _, url = make_queue(sqs, [json.dumps(VALID[0])])
+    recorder = Recorder()
+    try:
+        proxy.redirect_to = f"http://127.0.0.1:{recorder.port}/latest/meta-data/iam/security-credentials/"
+        pg.execute("SET fetch_etl.http_max_attempts = 1")
+        with pytest.raises(psycopg.Error) as e:
+            drain(pg, via(proxy, url.replace("localhost", "127.0.0.1")))
+        assert "HTTP307" in str(e.value)
+        assert recorder.seen == [], "the redirect target got nothing, least of all a signature"
+    finally:
+        recorder.close()
+
+
+def test_ssrf_the_endpoint_override_is_checked_too(pg, sqs):
+    _, url = make_queue(sqs, [json.dumps(VALID[0])])
+    pg.execute("SET fetch_etl.allowed_endpoints = 'aws'")
+    pg.execute("SET fetch_etl.sqs_endpoint_url = 'http://169.254.169.254'")
+    with pytest.raises(psycopg.Error) as e:
+        drain(pg, "https://sqs.us-east-1.amazonaws.com/000000000000/q")
+    assert e.value.sqlstate == "42501"
+
+
+def test_ssrf_a_granted_role_cannot_widen_the_allowlist(db, role):
+    with connect(db) as c:
+        c.execute(f"SET ROLE {role}")
+        for setting in ("fetch_etl.allowed_endpoints", "fetch_etl.sqs_endpoint_url", "fetch_etl.max_receive_concurrency"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                c.execute(f"SET {setting} = '1'")
+
+
+# ---------------------------------------------------------------- error_echo_*
+
+
+def test_error_echo_a_reply_that_is_not_an_aws_error_is_never_quoted(pg, sqs, proxy):
+    raw_url, _ = make_queue(sqs, [json.dumps(VALID[0])])
+    page = b"root:x:0:0:INTERNAL-SECRET-PAGE /etc/shadow"
+    proxy.fail_next("ReceiveMessage", 100, 500, page)
+    pg.execute("SET fetch_etl.http_max_attempts = 1")
+    with pytest.raises(psycopg.Error) as e:
+        drain(pg, via(proxy, raw_url))
+    assert "HTTP500" in str(e.value)
+    assert "INTERNAL-SECRET" not in str(e.value) and "root:x" not in str(e.value)
+    row = drain(pg, via(proxy, raw_url), on_error="record")
+    error = pg.execute("SELECT error FROM fetch_etl.drain_runs WHERE run_id = %s", (row[0],)).fetchone()[0]
+    assert "HTTP500" in error and "INTERNAL-SECRET" not in error
+    health = pg.execute("SELECT last_error FROM fetch_etl.queue_health").fetchone()[0]
+    assert "INTERNAL-SECRET" not in health
+
+
+def test_error_echo_part_of_the_session_token_is_redacted(pg, sqs, proxy):
+    raw_url, _ = make_queue(sqs, [json.dumps(VALID[0])])
+    token = "IQoJb3JpZ2luX2VjE" + uuid.uuid4().hex * 4
+    pg.execute("SELECT set_config('fetch_etl.aws_session_token', %s, false)", (token,))
+    quoted = token[10:40]
+    body = json.dumps({"__type": "com.amazonaws.sqs#InvalidParameterValue",
+                       "message": f"the token ...{quoted}... is not valid"}).encode()
+    proxy.fail_next("ReceiveMessage", 100, 400, body)
+    with pytest.raises(psycopg.Error) as e:
+        drain(pg, via(proxy, raw_url))
+    assert "InvalidParameterValue" in str(e.value)
+    assert quoted not in str(e.value), str(e.value)
+    assert "<redacted>" in str(e.value)
+
+
+def test_error_echo_a_connection_error_names_the_endpoint_once(pg):
+    pg.execute("SET fetch_etl.http_max_attempts = 1")
+    with pytest.raises(psycopg.Error) as e:
+        drain(pg, "http://127.0.0.1:9/000000000000/q")
+    assert e.value.sqlstate == "08001"
+    assert str(e.value).count("127.0.0.1:9") == 1, str(e.value)
+
+
+# ---------------------------------------------------------------- memory_*
+
+
+def test_memory_a_200_kib_event_loads_with_the_default_limit(pg, sqs):
+    big = dict(VALID[0], pad="x" * 200 * 1024)
+    _, url = make_queue(sqs, [json.dumps(big)])
+    assert counts(drain(pg, url)) == (1, 1, 0, 0)
+
+
+def rss_anon_kb(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1])
+    return 0
+
+
+def test_memory_peak_stays_under_256_mb_whatever_a_role_sets(db, role):
+    """400 messages of 900 KiB, with the largest batch size and concurrency a
+    non-superuser may set: 0.1.0 held them all (batch_size up to 100,000, 64
+    calls of 10 in flight); now the concurrency limit, the pump's high-water
+    mark and the byte-sized batches hold it under 256 MB. The bodies are
+    mostly quotes, escaped once more in the reply: replies near 18 MB, the
+    largest SQS can send."""
+    fake = BigBodies(count=400, body_bytes=900 * 1024)
+    try:
+        with connect(db) as c:
+            set_credentials(c, ("AKIDFAKE", "fake-secret"))
+            c.execute(f"SET ROLE {role}")
+            # (the long timeout: this Python endpoint writes its replies slowly)
+            for setting, value in [("fetch_etl.receive_concurrency", "64"), ("fetch_etl.batch_size", "10000"),
+                                   ("fetch_etl.max_body_bytes", "1MB"), ("fetch_etl.http_timeout", "60s")]:
+                try:
+                    c.execute("SELECT set_config(%s, %s, false)", (setting, value))
+                except psycopg.Error:
+                    pass  # a bound lower than 0.1.0's is the fix, not a failure
+            pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
+            c.execute("SELECT 1 FROM user_logins LIMIT 1")
+            before = rss_anon_kb(pid)
+            peak = [before]
+            done = threading.Event()
+
+            def sample():
+                while not done.is_set():
+                    peak[0] = max(peak[0], rss_anon_kb(pid))
+                    time.sleep(0.005)
+
+            t = threading.Thread(target=sample)
+            t.start()
+            try:
+                row = drain(c, f"http://127.0.0.1:{fake.port}/000000000000/big", max_messages=400)
+            finally:
+                done.set()
+                t.join()
+            assert counts(row) == (400, 400, 0, 0), [entry for entry in fake.log if not entry[-1]]
+        growth_mb = (peak[0] - before) / 1024
+        print(f"backend private memory: {before / 1024:.0f} MB before, peak +{growth_mb:.0f} MB")
+        assert growth_mb < 256, f"peak growth {growth_mb:.0f} MB"
+    finally:
+        fake.close()
+
+
+# ---------------------------------------------------------------- interrupt_*
+
+
+def test_interrupt_terminate_ends_a_hung_delete_within_a_second(db, aws_key, sqs, proxy):
+    raw_url, _ = make_queue(sqs, [json.dumps(r) for r in VALID[:20]])
+    c = connect(db)
+    set_credentials(c, aws_key)
+    c.execute("SET fetch_etl.delete_timeout = '30s'")
+    pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
+    proxy.hold_deletes = True
+    result = {}
+
+    def run():
+        try:
+            drain(c, via(proxy, raw_url), visibility_timeout=VIS)
+            result["ok"] = True
+        except psycopg.Error as e:
+            result["error"] = e
+        result["at"] = time.monotonic()
+
+    t = threading.Thread(target=run)
+    t.start()
+    assert proxy.deletes_held.wait(30), "the drain committed and started deleting"
+    with connect(db) as other:
+        start = time.monotonic()
+        other.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        t.join(10)
+        assert not t.is_alive(), "the terminate ended the delete wait"
+        took = result["at"] - start
+        assert took < 1.0, f"{took:.2f} s"
+        # The drain had committed: its caller may get its result, and then
+        # the backend is gone (the terminate took effect).
+        time.sleep(0.5)
+        gone = other.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()[0]
+        assert gone == 0
+    proxy.hold_deletes = False
+    # committed, not deleted: the messages come back and count as duplicates
+    time.sleep(VIS + 0.5)
+    with connect(db) as d:
+        set_credentials(d, aws_key)
+        assert counts(drain(d, raw_url.replace("127.0.0.1", "localhost"))) == (20, 0, 0, 20)
+
+
+def test_interrupt_cancel_works_while_validating_messages_with_many_keys(pg, db):
+    """Validation alone, through a replay of dead letters (no network in the
+    way): twenty bodies of 80,000 keys. 0.1.0 checked duplicate keys in
+    quadratic time, seconds per message, and never looked for a cancel."""
+    body = "{" + ", ".join(f'"k{i}": 1' for i in range(80_000)) + ', "user_id": "u"}'
+    pg.execute(USER_LOGINS_DDL)
+    pg.execute("SET fetch_etl.max_body_bytes = '1MB'")
+    pg.execute("INSERT INTO fetch_etl.dead_letters (run_id, queue_url, message_id, body, reason_code, reason, target_table)"
+               " SELECT 0, 'q', 'm' || i, %s, 'not_json', 'x', 'public.user_logins' FROM generate_series(1, 20) i",
+               (body,))
+    pid = pg.execute("SELECT pg_backend_pid()").fetchone()[0]
+    with connect(db) as other:
+        timer = threading.Timer(0.3, lambda: other.execute("SELECT pg_cancel_backend(%s)", (pid,)))
+        timer.start()
+        start = time.monotonic()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            pg.execute("SELECT * FROM fetch_etl.replay_dead_letters()")
+        took = time.monotonic() - start
+        timer.join()
+    assert took < 0.3 + 1.0, f"the cancel took effect after {took - 0.3:.2f} s"
+
+
+# ---------------------------------------------------------------- lock_*
+
+
+def test_lock_a_role_without_grants_cannot_block_drains(db, aws_key, sqs):
+    _, url = make_queue(sqs, [json.dumps(VALID[0])])
+    name = "fe_nobody_" + uuid.uuid4().hex[:6]
+    with connect(db) as admin:
+        admin.execute(f"CREATE ROLE {name} LOGIN")
+    try:
+        with connect(db) as blocker, connect(db) as c:
+            blocker.execute(f"SET ROLE {name}")
+            # 0.1.0's lock: an advisory lock any role may take
+            blocker.execute("SELECT pg_advisory_lock(1717924963, hashtext(%s))", (url,))
+            set_credentials(c, aws_key)
+            row = drain(c, url)
+            assert row[0] is not None and counts(row) == (1, 1, 0, 0), "the drain was not skipped"
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                blocker.execute("SELECT * FROM fetch_etl.queue_locks FOR UPDATE")
+    finally:
+        with connect(db) as admin:
+            admin.execute(f"DROP ROLE {name}")
+
+
+def test_lock_spellings_of_one_queue_share_one_lock(db, aws_key, sqs):
+    _, url = make_queue(sqs, [json.dumps(VALID[0])])
+    other_spelling = url.replace("http://localhost", "HTTP://LOCALHOST") + "/"
+    a, b = connect(db), connect(db)
+    for c in (a, b):
+        set_credentials(c, aws_key)
+    a.autocommit = False
+    drain(a, url, visibility_timeout=VIS)
+    assert drain(b, other_spelling)[0] is None, "skipped: the queue is busy"
+    a.commit()
+    a.close(), b.close()
+
+
+def test_lock_a_ledger_wait_behind_an_open_transaction_is_bounded(db, aws_key, sqs):
+    """B receives what A holds uncommitted (A's visibility timeout ran out)
+    and, instead of waiting for A as long as A stays open, leaves those
+    messages in the queue after fetch_etl.ledger_wait_timeout."""
+    raw_url, url = make_queue(sqs, [json.dumps(r) for r in VALID[:10]])
+    a, b = connect(db), connect(db)
+    for c in (a, b):
+        set_credentials(c, aws_key)
+        c.execute(USER_LOGINS_DDL)
+    a.autocommit = False
+    assert counts(drain(a, url, visibility_timeout=VIS))[1] == 10
+    time.sleep(VIS + 0.5)
+    b.execute("SET fetch_etl.ledger_wait_timeout = '500ms'")
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("b", drain(b, url.replace("localhost", "127.0.0.1"))))
+    start = time.monotonic()
+    t.start()
+    t.join(8)
+    assert not t.is_alive(), "B returned while A is still open"
+    took = time.monotonic() - start
+    run = b.execute("SELECT received, deferred, status FROM fetch_etl.drain_runs WHERE run_id = %s",
+                    (result["b"][0],)).fetchone()
+    assert counts(result["b"]) == (0, 0, 0, 0) and run == (0, 10, "ok"), (result, run, took)
+    a.commit()
+    assert a.execute("SELECT count(*) FROM user_logins").fetchone() == (10,)
+    a.close(), b.close()
+
+
+# ---------------------------------------------------------------- replay_*
+
+
+def test_replay_a_forged_dead_letter_is_not_loaded_into_another_table(db, aws_key, sqs, role):
+    """A loader's own table refuses an event it sent itself; the dead letter's
+    body is the loader's choice. An operator's routine replay into its own
+    table must not load it."""
+    forged = dict(VALID[0], user_id="forged-admin")
+    _, url = make_queue(sqs, [json.dumps(forged)])
+    with connect(db) as admin:
+        admin.execute("CREATE SCHEMA ops")
+        admin.execute(USER_LOGINS_DDL.replace("user_logins", "ops.user_logins"))
+        admin.execute("CREATE TABLE public.loader_logins (LIKE user_logins)")
+        admin.execute("ALTER TABLE public.loader_logins ADD CHECK (user_id <> 'forged-admin')")
+        admin.execute(f"GRANT INSERT ON public.loader_logins TO {role}")
+    with connect(db) as loader:
+        set_credentials(loader, aws_key)
+        loader.execute(f"SET ROLE {role}")
+        assert counts(drain(loader, url, target_table="loader_logins")) == (1, 0, 1, 0)
+    with connect(db) as op:
+        dl = op.execute("SELECT reason_code, run_role, target_table FROM fetch_etl.dead_letters").fetchone()
+        assert dl == ("rejected_by_table", role, "public.loader_logins")
+        assert op.execute("SELECT * FROM fetch_etl.replay_dead_letters(target_table => 'ops.user_logins')").fetchone() == (0, 0, 0)
+        assert op.execute("SELECT count(*) FROM ops.user_logins").fetchone() == (0,)
+        # widening the replay is explicit
+        assert op.execute("SELECT * FROM fetch_etl.replay_dead_letters(target_table => 'ops.user_logins',"
+                          " any_target => true)").fetchone() == (1, 1, 0)
+
+
+# ---------------------------------------------------------------- poison_*
+
+
+def test_poison_an_index_row_too_large_becomes_a_dead_letter(pg, sqs):
+    pg.execute(USER_LOGINS_DDL.replace("user_id varchar(128)", "user_id text"))
+    pg.execute("CREATE INDEX ON user_logins (user_id)")
+    huge = "".join(uuid.uuid4().hex for _ in range(300))  # 9,600 incompressible characters
+    _, url = make_queue(sqs, [json.dumps(dict(VALID[0], user_id=huge)), json.dumps(VALID[1]), json.dumps(VALID[2])])
+    assert counts(drain(pg, url)) == (3, 2, 1, 0)
+    reason = pg.execute("SELECT reason FROM fetch_etl.dead_letters").fetchone()[0]
+    assert reason.startswith("rejected_by_table: 54000 "), reason
+
+
+def test_poison_an_impossible_sent_timestamp_aborts_nothing(pg, sqs, proxy):
+    raw_url, _ = make_queue(sqs, ["not json", json.dumps(VALID[0])])
+    proxy.rewrite = lambda data: re.sub(rb'"SentTimestamp": ?"\d+"', b'"SentTimestamp": "99999999999999999"', data)
+    assert counts(drain(pg, via(proxy, raw_url))) == (2, 1, 1, 0)
+    assert pg.execute("SELECT sent_at FROM fetch_etl.dead_letters").fetchone() == (None,)
+    # dated by the server's clock instead
+    assert pg.execute("SELECT create_date >= current_date - 1 FROM user_logins").fetchone() == (True,)
+
+
+def test_poison_an_operator_on_the_search_path_never_runs_as_owner(db, aws_key, sqs, role):
+    """A granted role puts its own `/` operator first on its search_path; the
+    dead-letter statement, which runs as the extension owner, must not pick
+    it up (0.1.0 prepared it with the caller's search_path)."""
+    _, url = make_queue(sqs, ["not json"])
+    with connect(db) as admin:
+        admin.execute(f"GRANT CREATE ON DATABASE \"{db}\" TO {role}")
+    with connect(db) as c:
+        set_credentials(c, aws_key)
+        c.execute(f"SET ROLE {role}")
+        c.execute("CREATE SCHEMA evil")
+        c.execute("CREATE TABLE evil.ran_as (who name)")
+        c.execute("GRANT INSERT ON evil.ran_as TO PUBLIC")
+        c.execute("CREATE FUNCTION evil.div(float8, numeric) RETURNS float8 LANGUAGE sql"
+                  " AS 'INSERT INTO evil.ran_as VALUES (current_user); SELECT 1.0::float8'")
+        c.execute("CREATE OPERATOR evil./ (LEFTARG = float8, RIGHTARG = numeric, FUNCTION = evil.div)")
+        c.execute("SET search_path = evil, public, pg_catalog")
+        assert counts(drain(c, url)) == (1, 0, 1, 0)
+        assert c.execute("SELECT count(*) FROM evil.ran_as").fetchone() == (0,), c.execute("SELECT * FROM evil.ran_as").fetchall()
