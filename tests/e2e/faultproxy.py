@@ -5,8 +5,8 @@ Tests set attributes on a FaultProxy to make it:
   ErrorResponse), so the Query fallback can be tested;
 - fail the next N requests of an action with a status (503, throttling...);
 - fail every DeleteMessageBatch (a lost delete);
-- hold DeleteMessageBatch requests (never forward them) and signal the first
-  (`deletes_held` is set when it arrives);
+- hold the first DeleteMessageBatch (never forward it; `deletes_held` is set
+  when it arrives) while forwarding the others;
 - answer every request with a redirect;
 - rewrite the upstream's reply bodies;
 - add latency to every request.
@@ -77,8 +77,12 @@ class FaultProxy:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
+                hold = False
                 if action == "DeleteMessageBatch" and proxy.hold_deletes:
-                    proxy.deletes_held.set()
+                    with proxy.lock:
+                        hold = not proxy.deletes_held.is_set()
+                        proxy.deletes_held.set()
+                if hold:
                     while proxy.hold_deletes:
                         time.sleep(0.05)
                     return self.reply(500, b'{"__type":"com.amazonaws.sqs#InternalError","message":"held"}',

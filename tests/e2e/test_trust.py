@@ -251,11 +251,12 @@ def test_interrupt_terminate_ends_a_hung_delete_within_a_second(db, aws_key, sqs
         gone = other.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()[0]
         assert gone == 0
     proxy.hold_deletes = False
-    # committed, not deleted: the messages come back and count as duplicates
+    # committed; the held batch was not deleted: it comes back and counts as duplicates
     time.sleep(VIS + 0.5)
     with connect(db) as d:
         set_credentials(d, aws_key)
-        assert counts(drain(d, raw_url.replace("127.0.0.1", "localhost"))) == (20, 0, 0, 20)
+        received, loaded, rejected, duplicates = counts(drain(d, raw_url.replace("127.0.0.1", "localhost")))
+        assert 10 <= received <= 20 and received == duplicates and loaded == rejected == 0
 
 
 def test_interrupt_cancel_works_while_validating_messages_with_many_keys(pg, db):
@@ -309,6 +310,7 @@ def test_lock_spellings_of_one_queue_share_one_lock(db, aws_key, sqs):
     a, b = connect(db), connect(db)
     for c in (a, b):
         set_credentials(c, aws_key)
+    b.execute("SET statement_timeout = '10s'")  # without the shared lock B would wait for A
     a.autocommit = False
     drain(a, url, visibility_timeout=VIS)
     assert drain(b, other_spelling)[0] is None, "skipped: the queue is busy"
