@@ -107,7 +107,10 @@ class Bench:
             "fetch_etl.aws_access_key_id": "test",
             "fetch_etl.aws_secret_access_key": "test",
             "fetch_etl.sqs_endpoint_url": self.emu.endpoint,
-            "fetch_etl.delete_timeout": "300s",
+            "fetch_etl.delete_timeout": "60s",  # the most allowed
+            # 16 receives in flight for the latency rows: above the memory-safe
+            # default limit of 8, which only a superuser (this session) raises.
+            "fetch_etl.max_receive_concurrency": 64,
             **({"fetch_etl.batch_size": self.args.batch_size} if self.args.batch_size else {}),
             **settings,
         }
