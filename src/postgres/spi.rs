@@ -1,6 +1,7 @@
 //! Running SQL the way fetch_etl needs it: in a subtransaction that catches
 //! errors, and as the extension's owner.
 
+use std::ffi::CStr;
 use std::panic::AssertUnwindSafe;
 
 use pgrx::pg_sys;
@@ -51,19 +52,7 @@ pub(crate) fn as_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
                 | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
                 | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
         );
-        let nest = pg_sys::NewGUCNestLevel();
-        pg_sys::set_config_option(
-            c"search_path".as_ptr(),
-            c"pg_catalog, pg_temp".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
-        let r = f();
-        pg_sys::AtEOXact_GUC(true, nest);
+        let r = with_setting(c"search_path", c"pg_catalog, pg_temp", f);
         pg_sys::SetUserIdAndSecContext(saved_user, saved_cx);
         r
     }
@@ -73,13 +62,19 @@ pub(crate) fn as_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
 /// no limit), restored afterwards (or by the abort on error).
 pub(crate) fn with_lock_timeout<R>(timeout: std::time::Duration, f: impl FnOnce() -> R) -> R {
     let ms = std::ffi::CString::new(timeout.as_millis().max(1).to_string()).expect("digits");
-    // SAFETY: a GUC nest level for one setting, as PostgreSQL's own function
-    // SET clauses do; popped below, or by the abort on error.
+    with_setting(c"lock_timeout", &ms, f)
+}
+
+/// Runs `f` with setting `name` at `value` in a GUC nest level of its own,
+/// as PostgreSQL's function SET clauses do: popped afterwards, or by the
+/// abort on error.
+fn with_setting<R>(name: &CStr, value: &CStr, f: impl FnOnce() -> R) -> R {
+    // SAFETY: a nest level pushed and popped around `f`, on this backend's GUCs.
     unsafe {
         let nest = pg_sys::NewGUCNestLevel();
         pg_sys::set_config_option(
-            c"lock_timeout".as_ptr(),
-            ms.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr(),
             pg_sys::GucContext::PGC_USERSET,
             pg_sys::GucSource::PGC_S_SESSION,
             pg_sys::GucAction::GUC_ACTION_SAVE,
