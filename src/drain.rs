@@ -25,8 +25,7 @@ use tokio::sync::mpsc;
 use fetch_etl_core::budget::{MAX_PENDING_DELETE_BYTES, PUMP_HIGH_WATER, STORE_FLUSH_BYTES};
 use fetch_etl_core::contract::OnError;
 use fetch_etl_core::error::{Classified, ErrorKind};
-use fetch_etl_core::sqs::pump::{pump, PumpConfig, PumpEvent};
-use fetch_etl_core::sqs::pump::{Held, Outstanding};
+use fetch_etl_core::sqs::pump::{pump, Held, Outstanding, PumpConfig, PumpEvent};
 use fetch_etl_core::sqs::queue_url::for_message;
 use fetch_etl_core::sqs::{Client, Message, QueueRef, SqsError};
 
@@ -105,7 +104,7 @@ fn run(args: &Args<'_>, owner: pg_sys::Oid, queue: QueueRef) -> Summary {
     let started = Instant::now();
     check_encoding();
     let client = aws::client(queue);
-    let store = Store::open(args.target_table, settings::max_body_bytes());
+    let store = Store::open(args.target_table, settings::max_body_bytes(), owner);
     let run_id = runs::start(owner, &args.request(store.target_name()));
     let mut ctx = Ctx {
         store,
@@ -302,7 +301,7 @@ fn store_messages(
 /// fetch_etl.batch_size, and returns how many rows were loaded.
 #[cfg(feature = "bench-tools")]
 pub(crate) fn bench_store(bodies: Vec<String>, target_table: &str) -> i64 {
-    let mut store = Store::open(target_table, settings::max_body_bytes());
+    let mut store = Store::open(target_table, settings::max_body_bytes(), extension_owner());
     let batch = settings::batch_size();
     let tag = fetch_etl_core::time::now_ms();
     let mut counts = Counts::default();

@@ -14,7 +14,7 @@ use fetch_etl_core::sqs::Message;
 
 use crate::postgres::error::{OrRaise, SpiOrRaise};
 use crate::postgres::settings;
-use crate::postgres::spi::as_owner;
+use crate::postgres::spi::{as_owner, extension_owner};
 use crate::postgres::store::Store;
 
 pub(crate) struct Replayed {
@@ -31,8 +31,8 @@ pub(crate) fn replay(
     any_target: bool,
 ) -> Replayed {
     fetch_etl_core::args::check_replay(max_rows).or_raise();
-    let mut store = Store::open(target_table, settings::max_body_bytes());
-    let owner = store.owner();
+    let owner = extension_owner();
+    let mut store = Store::open(target_table, settings::max_body_bytes(), owner);
     let target = store.target_name().to_string();
     Spi::connect_mut(|client| {
         // Lock the rows we take, skip rows another replay holds: each dead

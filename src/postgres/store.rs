@@ -27,7 +27,7 @@ use fetch_etl_core::target::{AppVersionArray, TargetShape};
 use fetch_etl_core::time::now_ms;
 
 use super::error::SpiOrRaise;
-use super::spi::{as_owner, extension_owner, in_subxact, with_lock_timeout};
+use super::spi::{as_owner, in_subxact, with_lock_timeout};
 use super::{keystore, settings, target};
 
 /// Parameters: masked text[], raw text[], sorted by mask, so the inserts walk
@@ -169,13 +169,12 @@ impl Drop for Store {
 impl Store {
     /// Resolves the target table, reads the masking key and prepares the
     /// statements. Raises, before anything is received, if any is unusable.
-    pub(crate) fn open(target_table: &str, max_body_bytes: usize) -> Store {
+    pub(crate) fn open(target_table: &str, max_body_bytes: usize, owner: pg_sys::Oid) -> Store {
         let shape = target::resolve(target_table);
         let limits = Limits {
             max_body_bytes,
             ..shape.limits.clone()
         };
-        let owner = extension_owner();
         let statements = Statements::prepare(&shape, owner);
         let role = Spi::get_one::<String>("SELECT pg_catalog.current_user()::pg_catalog.text")
             .or_raise_spi("current_user")
@@ -194,11 +193,6 @@ impl Store {
     /// The target table's quoted, schema-qualified name.
     pub(crate) fn target_name(&self) -> &str {
         &self.shape.sql_name
-    }
-
-    /// The role that owns fetch_etl's tables.
-    pub(crate) fn owner(&self) -> pg_sys::Oid {
-        self.owner
     }
 
     /// Records `ids` in the ledger (as the owner). An id another session
@@ -376,7 +370,9 @@ impl Store {
             Err(e) if !e.is_row_error() => e.rethrow(),
             // A privilege error for the whole batch is the table's, not a row's
             // (INSERT revoked meanwhile): raise rather than dead-letter them all.
-            Err(e) if e.is_privilege_error() && !self.may_insert() => e.rethrow(),
+            Err(e) if e.is_privilege_error() && !target::may_insert(&self.shape.sql_name) => {
+                e.rethrow()
+            }
             Err(_) => {}
         }
         // A row refused the whole statement: find it (and any others) row by row.
@@ -390,17 +386,6 @@ impl Store {
             }
         }
         refused
-    }
-
-    /// Whether the calling role may still insert into the target table.
-    fn may_insert(&self) -> bool {
-        Spi::get_one_with_args::<bool>(
-            "SELECT pg_catalog.has_table_privilege($1::pg_catalog.regclass, 'INSERT')",
-            &[self.shape.sql_name.as_str().into()],
-        )
-        .ok()
-        .flatten()
-        .unwrap_or(false)
     }
 
     /// Writes dead letters for `refused` messages of one drain run (as the owner).

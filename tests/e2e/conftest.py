@@ -116,6 +116,11 @@ def sqs(aws_key):
     )
 
 
+def via(proxy, raw_url):
+    """The queue URL `raw_url`, reached through `proxy` instead of the emulator."""
+    return raw_url.replace(f"127.0.0.1:{SQS_PORT}", f"127.0.0.1:{proxy.port}")
+
+
 def make_queue(sqs, bodies=None, port=SQS_PORT, per_call=10):
     """A fresh queue holding `bodies` (default: the real sample, one message per record),
     sent `per_call` at a time (SQS takes at most 1 MiB per call).

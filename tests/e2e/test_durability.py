@@ -27,22 +27,18 @@ from conftest import (
     PGHOST,
     PGPORT,
     REPO,
-    SQS_PORT,
     STATE,
     VIS,
     connect,
     drain,
     make_queue,
     set_credentials,
+    via,
 )
 
 TRIALS = 5
 STANDBY_DIR = STATE / "pg-standby"
 STANDBY_PORT = int(os.environ.get("FETCH_ETL_TEST_STANDBY_PGPORT", "5493"))
-
-
-def via(proxy, raw_url):
-    return raw_url.replace(f"127.0.0.1:{SQS_PORT}", f"127.0.0.1:{proxy.port}")
 
 
 def pids(conn, backend_type):

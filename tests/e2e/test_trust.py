@@ -14,7 +14,6 @@ import psycopg
 import pytest
 
 from conftest import (
-    SQS_PORT,
     USER_LOGINS_DDL,
     VALID,
     VIS,
@@ -23,13 +22,10 @@ from conftest import (
     drain,
     make_queue,
     set_credentials,
+    via,
 )
 from fakesqs import BigBodies
 from faultproxy import Recorder
-
-
-def via(proxy, raw_url):
-    return raw_url.replace(f"127.0.0.1:{SQS_PORT}", f"127.0.0.1:{proxy.port}")
 
 
 @pytest.fixture

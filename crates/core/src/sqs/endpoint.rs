@@ -202,8 +202,8 @@ fn is_private(addr: IpAddr) -> bool {
     }
 }
 
-/// `scheme://host[:port]/` for messages.
-fn endpoint_text(u: &Url) -> String {
+/// `scheme://host[:port]/` of a URL, for messages.
+pub fn endpoint_text(u: &Url) -> String {
     let mut u = u.clone();
     u.set_path("/");
     u.set_query(None);

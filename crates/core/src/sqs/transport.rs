@@ -165,19 +165,11 @@ impl HttpTransport {
     }
 }
 
-/// `scheme://host[:port]/` of a URL, for messages.
-fn endpoint_of(url: &Url) -> String {
-    let mut u = url.clone();
-    u.set_path("/");
-    u.set_query(None);
-    u.to_string()
-}
-
 impl Transport for HttpTransport {
     fn send(&self, req: HttpRequest) -> impl Future<Output = Result<HttpReply, SqsError>> + Send {
         let http = self.http.clone();
         async move {
-            let endpoint = endpoint_of(&req.url);
+            let endpoint = endpoint::endpoint_text(&req.url);
             let timeout = req.timeout;
             let transport = |e: reqwest::Error| -> SqsError {
                 // The endpoint is named once, by us; reqwest would repeat the URL.
