@@ -88,7 +88,7 @@ def create_key(args: argparse.Namespace) -> None:
         UserName="fetch-etl",
         PolicyName="sqs",
         PolicyDocument=json.dumps(
-            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sqs:*", "Resource": "*"}]}
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": ["sqs:*", "iam:*", "sts:AssumeRole"], "Resource": "*"}]}
         ),
     )
     key = iam.create_access_key(UserName="fetch-etl")["AccessKey"]

@@ -59,6 +59,11 @@ CREATE TABLE fetch_etl.drain_runs (
     protocol       text,
     error          text,
     run_by         name        NOT NULL DEFAULT SESSION_USER,
+    -- where the run's AWS credentials came from (settings, environment, web_identity,
+    -- profile:<name>, container, imds; +assume_role) and whose they are: a role ARN
+    -- or 'key …' and the access key id's last 4 characters. Never a secret.
+    credential_source   text,
+    credential_identity text,
     CHECK (received = loaded + rejected + duplicates)
 );
 ALTER SEQUENCE fetch_etl.drain_runs_run_id_seq OWNED BY fetch_etl.drain_runs.run_id;

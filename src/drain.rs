@@ -103,9 +103,9 @@ pub(crate) fn drain(args: Args<'_>) -> Summary {
 fn run(args: &Args<'_>, owner: pg_sys::Oid, queue: QueueRef) -> Summary {
     let started = Instant::now();
     check_encoding();
-    let client = aws::client(queue);
+    let (client, credentials) = aws::client(queue);
     let store = Store::open(args.target_table, settings::max_body_bytes(), owner);
-    let run_id = runs::start(owner, &args.request(store.target_name()));
+    let run_id = runs::start(owner, &args.request(store.target_name()), &credentials);
     let mut ctx = Ctx {
         store,
         client: client.clone(),
@@ -400,7 +400,7 @@ mod tests {
         let client = Arc::new(Client::new(
             runtime::transport().unwrap(),
             ClientConfig::default(),
-            creds,
+            Arc::new(creds),
             "us-east-1".into(),
             queue,
             None,

@@ -1,5 +1,5 @@
-//! Where an SQS request goes and with which credentials: settings first, then
-//! the server's environment, the way AWS SDKs read it.
+//! Where an SQS request goes and with which credentials: the settings, then
+//! the standard AWS chain (fetch_etl_core::credentials), cached per backend.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use url::Url;
 
-use fetch_etl_core::error::ErrorKind;
+use fetch_etl_core::credentials::cache::{CredentialCache, CurrentCredentials};
+use fetch_etl_core::credentials::{AssumeRole, ChainConfig, Provenance, HINT};
+use fetch_etl_core::error::{Classified, ErrorKind};
 use fetch_etl_core::settings as defs;
 use fetch_etl_core::sqs::endpoint::{host_of, Allowlist};
 use fetch_etl_core::sqs::retry::RetryPolicy;
@@ -21,13 +23,15 @@ use super::settings;
 thread_local! {
     /// Protocol detected per endpoint, remembered for the backend's lifetime.
     static KNOWN_PROTOCOLS: RefCell<HashMap<String, Protocol>> = RefCell::new(HashMap::new());
+    /// The backend's credentials, for the configuration they were resolved for.
+    static CREDENTIALS: RefCell<Option<Arc<CredentialCache>>> = const { RefCell::new(None) };
 }
 
 /// A client for `queue_url`, configured from the settings and environment.
 /// Raises, before any request, if its endpoint is not one the server may
 /// send requests to (`fetch_etl.allowed_endpoints`, see `endpoint.rs`).
 pub(crate) fn client_for(queue_url: &str) -> Arc<Client> {
-    client(checked_queue(queue_url))
+    client(checked_queue(queue_url)).0
 }
 
 /// The queue URL, parsed with the endpoint the settings and environment
@@ -38,10 +42,11 @@ pub(crate) fn checked_queue(queue_url: &str) -> QueueRef {
     queue
 }
 
-/// A client for a queue from [`checked_queue`].
-pub(crate) fn client(queue: QueueRef) -> Arc<Client> {
-    let creds = credentials();
+/// A client for a queue from [`checked_queue`], and where its credentials
+/// come from. Raises (28000) when there are none.
+pub(crate) fn client(queue: QueueRef) -> (Arc<Client>, Provenance) {
     let region = region_for(&queue);
+    let (creds, provenance) = credentials(&region);
     let cfg = ClientConfig {
         protocol: settings::sqs_protocol(),
         request_timeout: settings::http_timeout(),
@@ -52,14 +57,15 @@ pub(crate) fn client(queue: QueueRef) -> Arc<Client> {
         ..ClientConfig::default()
     };
     let known = KNOWN_PROTOCOLS.with(|k| k.borrow().get(queue.endpoint.as_str()).copied());
-    Arc::new(Client::new(
+    let client = Client::new(
         runtime::transport().or_raise(),
         cfg,
         creds,
         region,
         queue,
         known,
-    ))
+    );
+    (Arc::new(client), provenance)
 }
 
 /// The endpoint allowlist, on the name and on every address it resolves to;
@@ -120,39 +126,61 @@ fn region_for(queue: &QueueRef) -> String {
         .unwrap_or_else(|| "us-east-1".to_string())
 }
 
-/// Credentials from the fetch_etl.aws_* settings when the access key id is
-/// set there, otherwise from the server's environment.
-fn credentials() -> Credentials {
-    let from_settings = settings::string(&settings::AWS_ACCESS_KEY_ID).is_some();
-    let (key, secret, token, source) = if from_settings {
-        warn_if_settings_exposed();
-        (
-            settings::string(&settings::AWS_ACCESS_KEY_ID),
-            settings::string(&settings::AWS_SECRET_ACCESS_KEY),
-            settings::string(&settings::AWS_SESSION_TOKEN),
-            "the fetch_etl.aws_* settings",
-        )
-    } else {
-        (
-            env("AWS_ACCESS_KEY_ID"),
-            env("AWS_SECRET_ACCESS_KEY"),
-            env("AWS_SESSION_TOKEN"),
-            "the server's environment",
-        )
-    };
-    match (key, secret) {
-        (Some(access_key_id), Some(secret_access_key)) => {
-            Credentials { access_key_id, secret_access_key, session_token: token }
+/// The backend's credentials for a queue in `region`, resolved or refreshed
+/// now if needed (bounded by fetch_etl.http_timeout, interruptible), and
+/// where they came from. One cache per backend, replaced when the settings
+/// it was made for change.
+fn credentials(region: &str) -> (Arc<dyn CurrentCredentials>, Provenance) {
+    let config = chain_config(region);
+    let cache = CREDENTIALS.with(|c| {
+        let mut c = c.borrow_mut();
+        match c.as_ref() {
+            Some(cache) if *cache.config() == config => cache.clone(),
+            _ => {
+                let cache = Arc::new(runtime::in_runtime(|| CredentialCache::new(config)));
+                *c = Some(cache.clone());
+                cache
+            }
         }
-        (None, _) => raise_with_hint(
-            ErrorKind::NotInPrerequisiteState,
-            "no AWS credentials for fetch_etl",
-            "Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the server's environment, or the superuser-only settings fetch_etl.aws_access_key_id and fetch_etl.aws_secret_access_key (see docs/security.md, Credentials).",
-        ),
-        (Some(_), None) => raise(
-            ErrorKind::NotInPrerequisiteState,
-            format!("an AWS access key id but no secret access key is set in {source}"),
-        ),
+    });
+    cache.start_drain();
+    match runtime::block_on_interruptible(cache.get()) {
+        Ok(r) => (cache, r.provenance),
+        Err(e) => raise_with_hint(e.kind(), cache.redact(&e.to_string()), HINT),
+    }
+}
+
+/// What the chain resolves for, from the settings.
+fn chain_config(region: &str) -> ChainConfig {
+    let settings_keys = settings::string(&settings::AWS_ACCESS_KEY_ID).map(|access_key_id| {
+        warn_if_settings_exposed();
+        let Some(secret_access_key) = settings::string(&settings::AWS_SECRET_ACCESS_KEY) else {
+            raise(
+                ErrorKind::InvalidAuthorization,
+                format!(
+                    "{} is set but {} is not",
+                    defs::AWS_ACCESS_KEY_ID.name_str(),
+                    defs::AWS_SECRET_ACCESS_KEY.name_str()
+                ),
+            )
+        };
+        Credentials {
+            access_key_id,
+            secret_access_key,
+            session_token: settings::string(&settings::AWS_SESSION_TOKEN),
+        }
+    });
+    let assume_role = settings::string(&settings::AWS_ROLE_ARN).map(|role_arn| AssumeRole {
+        role_arn,
+        external_id: settings::string(&settings::AWS_EXTERNAL_ID),
+        session_name: settings::string(&settings::AWS_ROLE_SESSION_NAME)
+            .unwrap_or_else(|| "fetch_etl".to_string()),
+    });
+    ChainConfig {
+        settings: settings_keys,
+        region: region.to_string(),
+        timeout: settings::http_timeout(),
+        assume_role,
     }
 }
 

@@ -5,6 +5,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use fetch_etl_core::contract::RunStatus;
+use fetch_etl_core::credentials::Provenance;
 use fetch_etl_core::error::ErrorKind;
 
 use super::error::raise;
@@ -41,15 +42,22 @@ pub(crate) struct Finished<'a> {
     pub(crate) error: Option<&'a str>,
 }
 
-fn insert(owner: pg_sys::Oid, req: &RunRequest<'_>, status: RunStatus, error: Option<&str>) -> i64 {
+fn insert(
+    owner: pg_sys::Oid,
+    req: &RunRequest<'_>,
+    status: RunStatus,
+    error: Option<&str>,
+    credentials: Option<&Provenance>,
+) -> i64 {
     let finished = status != RunStatus::Running;
     Spi::connect_mut(|client| {
         as_owner(owner, || {
             client
                 .update(
                     "INSERT INTO fetch_etl.drain_runs \
-                       (queue_url, target_table, max_messages, wait_seconds, status, finished_at, error) \
-                     VALUES ($1, $2, $3, $4, $5, CASE WHEN $6 THEN pg_catalog.clock_timestamp() END, $7) \
+                       (queue_url, target_table, max_messages, wait_seconds, status, finished_at, error, \
+                        credential_source, credential_identity) \
+                     VALUES ($1, $2, $3, $4, $5, CASE WHEN $6 THEN pg_catalog.clock_timestamp() END, $7, $8, $9) \
                      RETURNING run_id",
                     None,
                     &[
@@ -60,6 +68,8 @@ fn insert(owner: pg_sys::Oid, req: &RunRequest<'_>, status: RunStatus, error: Op
                         status.as_str().into(),
                         finished.into(),
                         error.map(str::to_string).into(),
+                        credentials.map(Provenance::source_text).into(),
+                        credentials.map(|c| c.identity.clone()).into(),
                     ],
                 )
                 .and_then(|t| t.first().get_one::<i64>())
@@ -71,18 +81,18 @@ fn insert(owner: pg_sys::Oid, req: &RunRequest<'_>, status: RunStatus, error: Op
 }
 
 /// A run that is starting; finished with [`finish`].
-pub(crate) fn start(owner: pg_sys::Oid, req: &RunRequest<'_>) -> i64 {
-    insert(owner, req, RunStatus::Running, None)
+pub(crate) fn start(owner: pg_sys::Oid, req: &RunRequest<'_>, credentials: &Provenance) -> i64 {
+    insert(owner, req, RunStatus::Running, None, Some(credentials))
 }
 
 /// A run that found the queue busy and did nothing.
 pub(crate) fn record_skipped(owner: pg_sys::Oid, req: &RunRequest<'_>) -> i64 {
-    insert(owner, req, RunStatus::Skipped, None)
+    insert(owner, req, RunStatus::Skipped, None, None)
 }
 
 /// A run that failed and was rolled back (`on_error => 'record'`).
 pub(crate) fn record_failed(owner: pg_sys::Oid, req: &RunRequest<'_>, error: &str) -> i64 {
-    insert(owner, req, RunStatus::Failed, Some(error))
+    insert(owner, req, RunStatus::Failed, Some(error), None)
 }
 
 /// Completes a started run: `ok`, or `partial` when an error stopped it early.

@@ -59,6 +59,15 @@ pub(crate) fn transport() -> Result<HttpTransport, SqsError> {
     })
 }
 
+/// Runs `f` inside the backend's runtime (for constructors that take their
+/// timers or HTTP client from it).
+pub(crate) fn in_runtime<T>(f: impl FnOnce() -> T) -> T {
+    RUNTIME.with(|rt| {
+        let _guard = rt.enter();
+        f()
+    })
+}
+
 /// Runs `fut` to completion, checking for query cancellation between slices.
 pub(crate) fn block_on_interruptible<F: Future>(fut: F) -> F::Output {
     RUNTIME.with(|rt| {

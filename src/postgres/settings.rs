@@ -20,6 +20,10 @@ pub(crate) static AWS_ACCESS_KEY_ID: StringGuc = StringGuc::new(defs::AWS_ACCESS
 pub(crate) static AWS_SECRET_ACCESS_KEY: StringGuc =
     StringGuc::new(defs::AWS_SECRET_ACCESS_KEY.default);
 pub(crate) static AWS_SESSION_TOKEN: StringGuc = StringGuc::new(defs::AWS_SESSION_TOKEN.default);
+pub(crate) static AWS_ROLE_ARN: StringGuc = StringGuc::new(defs::AWS_ROLE_ARN.default);
+pub(crate) static AWS_EXTERNAL_ID: StringGuc = StringGuc::new(defs::AWS_EXTERNAL_ID.default);
+pub(crate) static AWS_ROLE_SESSION_NAME: StringGuc =
+    StringGuc::new(defs::AWS_ROLE_SESSION_NAME.default);
 pub(crate) static AWS_REGION: StringGuc = StringGuc::new(defs::AWS_REGION.default);
 pub(crate) static SQS_ENDPOINT_URL: StringGuc = StringGuc::new(defs::SQS_ENDPOINT_URL.default);
 static ALLOWED_ENDPOINTS: StringGuc = StringGuc::new(defs::ALLOWED_ENDPOINTS.default);
@@ -118,6 +122,9 @@ pub(crate) fn init() {
     define_string(&defs::AWS_ACCESS_KEY_ID, &AWS_ACCESS_KEY_ID);
     define_string(&defs::AWS_SECRET_ACCESS_KEY, &AWS_SECRET_ACCESS_KEY);
     define_string(&defs::AWS_SESSION_TOKEN, &AWS_SESSION_TOKEN);
+    define_string(&defs::AWS_ROLE_ARN, &AWS_ROLE_ARN);
+    define_string(&defs::AWS_EXTERNAL_ID, &AWS_EXTERNAL_ID);
+    define_string(&defs::AWS_ROLE_SESSION_NAME, &AWS_ROLE_SESSION_NAME);
     define_string(&defs::AWS_REGION, &AWS_REGION);
     define_string(&defs::SQS_ENDPOINT_URL, &SQS_ENDPOINT_URL);
     define_string(&defs::ALLOWED_ENDPOINTS, &ALLOWED_ENDPOINTS);

@@ -22,6 +22,7 @@ from conftest import (
     make_queue,
     queue_depth,
     set_credentials,
+    via,
 )
 
 
@@ -129,7 +130,7 @@ def test_lost_delete_is_a_duplicate_next_time(pg, sqs, proxy):
     """The drain commits but DeleteMessageBatch fails: the messages come back
     after their visibility timeout and are recognised, counted and deleted."""
     raw_url, _ = make_queue(sqs)
-    url = raw_url.replace("127.0.0.1:4599", f"127.0.0.1:{proxy.port}")
+    url = via(proxy, raw_url)
     pg.execute("SET fetch_etl.http_max_attempts = 1")
     proxy.fail_deletes = True
     notices = []
@@ -214,7 +215,7 @@ def test_missing_queue_missing_credentials_and_unreachable_endpoint(pg, db):
     assert e.value.sqlstate == "42704"
     with connect(db) as c, pytest.raises(psycopg.Error) as e:
         drain(c, "http://localhost:4599/000000000000/q")
-    assert e.value.sqlstate == "55000" and "no AWS credentials" in str(e.value)
+    assert e.value.sqlstate == "28000" and "no AWS credentials found" in str(e.value)
     pg.execute("SET fetch_etl.http_max_attempts = 1")
     start = time.monotonic()
     with pytest.raises(psycopg.Error) as e:
@@ -310,7 +311,7 @@ def test_max_messages_is_respected(pg, sqs):
 def test_localstack_before_3_gets_the_query_protocol(pg, sqs, proxy):
     """auto: a JSON request answered with an XML error makes the drain retry in Query, and remember it."""
     raw_url, _ = make_queue(sqs)
-    url = raw_url.replace("127.0.0.1:4599", f"127.0.0.1:{proxy.port}")
+    url = via(proxy, raw_url)
     proxy.reject_json = True
     row = drain(pg, url)
     assert counts(row) == (100, 99, 1, 0)
@@ -324,7 +325,7 @@ def test_localstack_before_3_gets_the_query_protocol(pg, sqs, proxy):
 
 def test_throttling_and_server_errors_are_retried(pg, sqs, proxy):
     raw_url, _ = make_queue(sqs)
-    url = raw_url.replace("127.0.0.1:4599", f"127.0.0.1:{proxy.port}")
+    url = via(proxy, raw_url)
     pg.execute("SET fetch_etl.receive_concurrency = 1")
     proxy.fail_next("ReceiveMessage", 2, 503, b'{"__type":"com.amazonaws.sqs#ServiceUnavailable","message":"x"}')
     proxy.fail_next("DeleteMessageBatch", 1, 400,
@@ -336,7 +337,7 @@ def test_throttling_and_server_errors_are_retried(pg, sqs, proxy):
 def test_error_after_progress_keeps_what_was_received(pg, sqs, proxy):
     """Receives start failing mid-run: the run stores what it got, says so, and ends as 'partial'."""
     raw_url, _ = make_queue(sqs)
-    url = raw_url.replace("127.0.0.1:4599", f"127.0.0.1:{proxy.port}")
+    url = via(proxy, raw_url)
     pg.execute("SET fetch_etl.receive_concurrency = 1")
     pg.execute("SET fetch_etl.http_max_attempts = 1")
     orig = proxy.fail_next

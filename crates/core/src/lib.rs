@@ -21,6 +21,7 @@ pub mod args;
 pub mod batch;
 pub mod budget;
 pub mod contract;
+pub mod credentials;
 pub mod error;
 pub mod event;
 pub mod mask;

@@ -117,6 +117,33 @@ pub const AWS_SESSION_TOKEN: StringSetting = StringSetting {
     secret: true,
 };
 
+pub const AWS_ROLE_ARN: StringSetting = StringSetting {
+    name: c"fetch_etl.aws_role_arn",
+    short: c"IAM role to assume, with the credentials the chain found, before calling SQS (cross-account queues).",
+    long: c"Superuser only. Empty: use the chain's credentials as they are.",
+    default: None,
+    access: Access::Superuser,
+    secret: false,
+};
+
+pub const AWS_EXTERNAL_ID: StringSetting = StringSetting {
+    name: c"fetch_etl.aws_external_id",
+    short: c"External id sent when assuming fetch_etl.aws_role_arn.",
+    long: c"Superuser only, never shown to other roles.",
+    default: None,
+    access: Access::Superuser,
+    secret: true,
+};
+
+pub const AWS_ROLE_SESSION_NAME: StringSetting = StringSetting {
+    name: c"fetch_etl.aws_role_session_name",
+    short: c"Session name when assuming fetch_etl.aws_role_arn (default: fetch_etl).",
+    long: c"Superuser only. Shows in the queue owner's CloudTrail.",
+    default: None,
+    access: Access::Superuser,
+    secret: false,
+};
+
 pub const AWS_REGION: StringSetting = StringSetting {
     name: c"fetch_etl.aws_region",
     short: c"AWS region for signing when the queue host names none (default: AWS_REGION, AWS_DEFAULT_REGION, then us-east-1).",
@@ -255,6 +282,9 @@ pub const STRINGS: &[StringSetting] = &[
     AWS_ACCESS_KEY_ID,
     AWS_SECRET_ACCESS_KEY,
     AWS_SESSION_TOKEN,
+    AWS_ROLE_ARN,
+    AWS_EXTERNAL_ID,
+    AWS_ROLE_SESSION_NAME,
     AWS_REGION,
     SQS_ENDPOINT_URL,
     ALLOWED_ENDPOINTS,

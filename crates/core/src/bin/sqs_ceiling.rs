@@ -83,11 +83,11 @@ fn main() {
             protocol: Some(Protocol::Json),
             ..ClientConfig::default()
         },
-        Credentials {
+        Arc::new(Credentials {
             access_key_id: "test".into(),
             secret_access_key: "test".into(),
             session_token: None,
-        },
+        }),
         "us-east-1".into(),
         queue,
         None,

@@ -5,13 +5,14 @@
 //! attempt.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use super::retry::{Attempts, Decision, RetryBudget, RetryClass, RetryPolicy};
 use super::transport::{HttpReply, HttpRequest, HttpTransport, Transport};
 use super::wire::{self, WireRequest};
-use super::{signer, Credentials, DeleteOutcome, Message, Protocol, QueueRef, SqsError};
+use super::{signer, DeleteOutcome, Message, Protocol, QueueRef, SqsError};
+use crate::credentials::cache::CurrentCredentials;
 use crate::settings;
 
 #[derive(Debug, Clone)]
@@ -40,7 +41,7 @@ impl Default for ClientConfig {
 pub struct Client<T = HttpTransport> {
     transport: T,
     cfg: ClientConfig,
-    creds: Credentials,
+    creds: Arc<dyn CurrentCredentials>,
     region: String,
     queue: QueueRef,
     /// The protocol the endpoint is known to speak (None: not known yet).
@@ -76,7 +77,7 @@ impl<T: Transport> Client<T> {
     pub fn new(
         transport: T,
         cfg: ClientConfig,
-        creds: Credentials,
+        creds: Arc<dyn CurrentCredentials>,
         region: String,
         queue: QueueRef,
         known: Option<Protocol>,
@@ -248,8 +249,13 @@ impl<T: Transport> Client<T> {
         if probing && !err.json_protocol {
             return Exchange::SpeaksQuery;
         }
+        let error = wire::classify(reply.status, &err);
+        if matches!(error, SqsError::Auth { .. }) {
+            // Expired or revoked: the next drain resolves credentials anew.
+            self.creds.refused();
+        }
         Exchange::Failed {
-            error: wire::classify(reply.status, &err),
+            error,
             retry_after: reply.retry_after,
         }
     }
@@ -265,12 +271,13 @@ impl<T: Transport> Client<T> {
         if let Some(t) = &req.target {
             headers.push(("x-amz-target", t));
         }
+        let creds = self.creds.current().await?;
         let signed = signer::sign_headers(
             "POST",
             url.as_str(),
             &headers,
             &req.body,
-            &self.creds,
+            &creds,
             &self.region,
             "sqs",
             SystemTime::now(),
@@ -335,6 +342,7 @@ fn account_deletes(entries: &[(String, String)], reply: DeleteOutcome) -> Delete
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sqs::Credentials;
     use std::collections::VecDeque;
     use std::future::Future;
     use std::sync::Arc;
@@ -422,11 +430,11 @@ mod tests {
                 },
                 ..ClientConfig::default()
             },
-            Credentials {
+            Arc::new(Credentials {
                 access_key_id: "AKID".into(),
                 secret_access_key: "secret-key-0123456789".into(),
                 session_token: None,
-            },
+            }),
             "us-east-1".into(),
             QueueRef::parse("http://localhost:4566/000000000000/q", None).unwrap(),
             None,
@@ -501,40 +509,34 @@ mod tests {
         assert_eq!(fake.requests().len(), 2);
     }
 
-    #[test]
-    fn retry_after_is_honoured() {
-        let throttled = Ok(HttpReply {
-            status: 429,
-            retry_after: Some(Duration::from_secs(4)),
-            body: THROTTLED.as_bytes().to_vec(),
+    /// How long one receive waits when the first reply is `status` with
+    /// `Retry-After: retry_after` and the second succeeds.
+    fn wait_after(status: u16, retry_after: Duration, body: &str) -> Duration {
+        let failed = Ok(HttpReply {
+            status,
+            retry_after: Some(retry_after),
+            body: body.as_bytes().to_vec(),
             ..HttpReply::default()
         });
-        let fake = Fake::new(vec![throttled, reply(200, EMPTY_JSON)]);
+        let fake = Fake::new(vec![failed, reply(200, EMPTY_JSON)]);
         let c = client(&fake, Some(Protocol::Json), 5);
-        let waited = run(async {
+        run(async {
             let start = tokio::time::Instant::now();
             c.receive(10, 0, None).await.unwrap();
             start.elapsed()
-        });
+        })
+    }
+
+    #[test]
+    fn retry_after_is_honoured() {
+        let waited = wait_after(429, Duration::from_secs(4), THROTTLED);
         assert!(waited >= Duration::from_secs(4), "{waited:?}");
         assert!(waited < Duration::from_secs(6), "{waited:?}");
     }
 
     #[test]
     fn retry_after_never_waits_longer_than_the_backoff_cap() {
-        let throttled = Ok(HttpReply {
-            status: 503,
-            retry_after: Some(Duration::from_secs(3600)),
-            body: UNAVAILABLE.as_bytes().to_vec(),
-            ..HttpReply::default()
-        });
-        let fake = Fake::new(vec![throttled, reply(200, EMPTY_JSON)]);
-        let c = client(&fake, Some(Protocol::Json), 5);
-        let waited = run(async {
-            let start = tokio::time::Instant::now();
-            c.receive(10, 0, None).await.unwrap();
-            start.elapsed()
-        });
+        let waited = wait_after(503, Duration::from_secs(3600), UNAVAILABLE);
         assert!(waited <= RetryPolicy::default().backoff_max, "{waited:?}");
     }
 

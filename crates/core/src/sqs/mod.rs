@@ -178,6 +178,9 @@ pub enum SqsError {
     Malformed(String),
     #[error("could not sign the request: {0}")]
     Signing(String),
+    /// No usable credentials (the message is a [`CredentialsError`](crate::credentials::CredentialsError)'s).
+    #[error("{0}")]
+    Credentials(String),
 }
 
 /// `": message"`, or nothing when the reply carried no message.
@@ -195,7 +198,7 @@ impl Classified for SqsError {
             SqsError::InvalidQueueUrl { .. } | SqsError::InvalidConfig(_) => {
                 ErrorKind::InvalidParameter
             }
-            SqsError::Auth { .. } => ErrorKind::InvalidAuthorization,
+            SqsError::Auth { .. } | SqsError::Credentials(_) => ErrorKind::InvalidAuthorization,
             SqsError::AccessDenied { .. } => ErrorKind::InsufficientPrivilege,
             SqsError::NoSuchQueue { .. } => ErrorKind::UndefinedObject,
             SqsError::Service { .. } => ErrorKind::External,

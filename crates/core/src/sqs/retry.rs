@@ -59,7 +59,8 @@ impl RetryClass {
             | SqsError::AccessDenied { .. }
             | SqsError::NoSuchQueue { .. }
             | SqsError::ResponseTooLarge { .. }
-            | SqsError::Signing(_) => RetryClass::Client,
+            | SqsError::Signing(_)
+            | SqsError::Credentials(_) => RetryClass::Client,
         }
     }
 
@@ -322,6 +323,7 @@ mod tests {
                 Client,
             ),
             (SqsError::Signing("x".into()), Client),
+            (SqsError::Credentials("x".into()), Client),
         ];
         for (err, class) in cases {
             assert_eq!(RetryClass::of(&err), class, "{err:?}");
