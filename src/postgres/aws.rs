@@ -8,6 +8,7 @@ use std::sync::Arc;
 use url::Url;
 
 use fetch_etl_core::credentials::cache::{CredentialCache, CurrentCredentials};
+use fetch_etl_core::credentials::chain::env;
 use fetch_etl_core::credentials::{AssumeRole, ChainConfig, Provenance, HINT};
 use fetch_etl_core::error::{Classified, ErrorKind};
 use fetch_etl_core::settings as defs;
@@ -101,13 +102,6 @@ pub(crate) fn remember_protocol(client: &Client) {
                 .insert(client.queue().endpoint.as_str().to_string(), p)
         });
     }
-}
-
-fn env(name: &str) -> Option<String> {
-    std::env::var(name)
-        .ok()
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
 }
 
 fn endpoint_override() -> Option<String> {

@@ -74,6 +74,15 @@ struct State {
     previous: Option<Credentials>,
 }
 
+impl State {
+    /// Drops the current entry, keeping its secrets for redaction.
+    fn retire(&mut self) {
+        if let Some(e) = self.entry.take() {
+            self.previous = Some(e.resolved.creds);
+        }
+    }
+}
+
 pub struct CredentialCache<R: Resolve = Chain> {
     resolver: R,
     config: ChainConfig,
@@ -112,18 +121,13 @@ impl<R: Resolve> CredentialCache<R> {
     pub fn start_drain(&self) {
         let mut s = self.state();
         if s.entry.as_ref().is_some_and(|e| e.refresh_at.is_none()) {
-            let old = s.entry.take().map(|e| e.resolved.creds);
-            s.previous = old;
+            s.retire();
         }
     }
 
     /// Drops the cached credentials.
     pub fn invalidate(&self) {
-        let mut s = self.state();
-        let old = s.entry.take().map(|e| e.resolved.creds);
-        if old.is_some() {
-            s.previous = old;
-        }
+        self.state().retire();
     }
 
     /// The cached credentials if they need no refresh at `now`.
@@ -148,9 +152,11 @@ impl<R: Resolve> CredentialCache<R> {
         match self.resolver.resolve().await {
             Ok(r) => {
                 let mut s = self.state();
-                let old = s.entry.take().map(|e| e.resolved.creds);
-                if old.as_ref().is_some_and(|o| *o != r.creds) {
-                    s.previous = old;
+                if s.entry
+                    .as_ref()
+                    .is_some_and(|e| e.resolved.creds != r.creds)
+                {
+                    s.retire();
                 }
                 s.next_try = None;
                 s.entry = Some(Entry {

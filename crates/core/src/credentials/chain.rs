@@ -48,7 +48,8 @@ pub struct Chain {
     providers: Vec<(Source, SharedCredentialsProvider)>,
 }
 
-fn env(name: &str) -> Option<String> {
+/// A variable of the server's environment, trimmed; None when unset or blank.
+pub fn env(name: &str) -> Option<String> {
     std::env::var(name)
         .ok()
         .map(|v| v.trim().to_string())
@@ -106,10 +107,6 @@ impl Chain {
             ),
         ];
         Chain { config, providers }
-    }
-
-    pub fn config(&self) -> &ChainConfig {
-        &self.config
     }
 
     /// Walks the chain (and assumes the role, if set), all within
@@ -251,16 +248,14 @@ fn resolved(c: &aws_credential_types::Credentials, provenance: Provenance) -> Re
 
 /// An error's text with its causes, for errors aws-config writes from local
 /// configuration only; capped.
-fn local_text(e: &dyn StdError) -> String {
+fn local_text(e: &AwsError) -> String {
     let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
+    for c in causes(e) {
         let t = c.to_string();
         if !text.contains(&t) {
             text.push_str(": ");
             text.push_str(&t);
         }
-        cause = c.source();
     }
     cap(text)
 }

@@ -66,7 +66,7 @@ impl fmt::Display for Source {
 }
 
 /// The role to assume with whatever the chain found (cross-account queues).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AssumeRole {
     pub role_arn: String,
     pub external_id: Option<String>,
@@ -74,7 +74,8 @@ pub struct AssumeRole {
 }
 
 /// Which credentials a backend resolves, and how long it may wait for them.
-#[derive(Clone, PartialEq, Eq)]
+/// (`Debug` is safe: [`Credentials`]' own hides the secrets.)
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainConfig {
     /// Keys from the settings: when set, the chain stops there.
     pub settings: Option<Credentials>,
@@ -83,17 +84,6 @@ pub struct ChainConfig {
     /// The whole resolution (every provider, and the AssumeRole) is bounded by this.
     pub timeout: Duration,
     pub assume_role: Option<AssumeRole>,
-}
-
-impl fmt::Debug for ChainConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ChainConfig")
-            .field("settings", &self.settings)
-            .field("region", &self.region)
-            .field("timeout", &self.timeout)
-            .field("assume_role", &self.assume_role)
-            .finish()
-    }
 }
 
 /// Where resolved credentials came from and whose they are, for
