@@ -22,6 +22,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use tokio::sync::mpsc;
 
+use fetch_etl_core::batch;
 use fetch_etl_core::budget::{MAX_PENDING_DELETE_BYTES, PUMP_HIGH_WATER, STORE_FLUSH_BYTES};
 use fetch_etl_core::contract::OnError;
 use fetch_etl_core::error::{Classified, ErrorKind};
@@ -103,8 +104,8 @@ pub(crate) fn drain(args: Args<'_>) -> Summary {
 fn run(args: &Args<'_>, owner: pg_sys::Oid, queue: QueueRef) -> Summary {
     let started = Instant::now();
     check_encoding();
-    let (client, credentials) = aws::client(queue);
     let store = Store::open(args.target_table, settings::max_body_bytes(), owner);
+    let (client, credentials) = aws::client(queue, store.metadata().attributes);
     let run_id = runs::start(owner, &args.request(store.target_name()), &credentials);
     let mut ctx = Ctx {
         store,
@@ -272,7 +273,14 @@ fn store_messages(
     }
     Spi::connect_mut(|client| {
         let ids: Vec<&str> = unique.iter().map(|m| m.message_id.as_str()).collect();
-        let ledgered = store.record_ids(client, &ids, run_id, settings::ledger_wait_timeout());
+        let mut ledgered = store.record_ids(client, &ids, run_id, settings::ledger_wait_timeout());
+        // FIFO: a group's later messages wait with a deferred one, in order.
+        let behind = batch::behind_deferred(&unique, &ledgered.new, &ledgered.deferred);
+        store.forget_ids(client, &behind, run_id);
+        for id in behind {
+            ledgered.new.remove(&id);
+            ledgered.deferred.insert(id);
+        }
         let fresh: Vec<&Message> = unique
             .iter()
             .copied()
@@ -315,6 +323,7 @@ pub(crate) fn bench_store(bodies: Vec<String>, target_table: &str) -> i64 {
                 body: b.clone(),
                 sent_timestamp_ms: Some(tag),
                 receive_count: Some(1),
+                ..Message::default()
             })
             .collect();
         store_messages(&mut store, -1, "bench", &msgs, &mut counts);

@@ -68,6 +68,7 @@ pub(crate) fn replay(
                         body: text(3),
                         sent_timestamp_ms: row.get::<i64>(4).ok().flatten(),
                         receive_count: row.get::<i32>(5).ok().flatten(),
+                        ..Message::default()
                     };
                     (id, m)
                 })

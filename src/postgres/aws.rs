@@ -32,7 +32,7 @@ thread_local! {
 /// Raises, before any request, if its endpoint is not one the server may
 /// send requests to (`fetch_etl.allowed_endpoints`, see `endpoint.rs`).
 pub(crate) fn client_for(queue_url: &str) -> Arc<Client> {
-    client(checked_queue(queue_url)).0
+    client(checked_queue(queue_url), false).0
 }
 
 /// The queue URL, parsed with the endpoint the settings and environment
@@ -44,8 +44,9 @@ pub(crate) fn checked_queue(queue_url: &str) -> QueueRef {
 }
 
 /// A client for a queue from [`checked_queue`], and where its credentials
-/// come from. Raises (28000) when there are none.
-pub(crate) fn client(queue: QueueRef) -> (Arc<Client>, Provenance) {
+/// come from. Raises (28000) when there are none. `metadata`: ask SQS for
+/// the messages' attributes (the target has an `sqs_attributes` column).
+pub(crate) fn client(queue: QueueRef, metadata: bool) -> (Arc<Client>, Provenance) {
     let region = region_for(&queue);
     let (creds, provenance) = credentials(&region);
     let cfg = ClientConfig {
@@ -55,6 +56,7 @@ pub(crate) fn client(queue: QueueRef) -> (Arc<Client>, Provenance) {
             max_attempts: settings::http_max_attempts(),
             ..RetryPolicy::default()
         },
+        metadata,
         ..ClientConfig::default()
     };
     let known = KNOWN_PROTOCOLS.with(|k| k.borrow().get(queue.endpoint.as_str()).copied());

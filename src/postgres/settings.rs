@@ -11,7 +11,10 @@ use std::time::Duration;
 use pgrx::prelude::*;
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 
-use fetch_etl_core::settings::{self as defs, Access, IntSetting, StringSetting, Unit};
+use fetch_etl_core::envelope::Envelopes;
+use fetch_etl_core::settings::{
+    self as defs, Access, EnumSetting, IntSetting, StringSetting, Unit,
+};
 use fetch_etl_core::sqs::Protocol;
 
 type StringGuc = GucSetting<Option<CString>>;
@@ -28,6 +31,7 @@ pub(crate) static AWS_REGION: StringGuc = StringGuc::new(defs::AWS_REGION.defaul
 pub(crate) static SQS_ENDPOINT_URL: StringGuc = StringGuc::new(defs::SQS_ENDPOINT_URL.default);
 static ALLOWED_ENDPOINTS: StringGuc = StringGuc::new(defs::ALLOWED_ENDPOINTS.default);
 static SQS_PROTOCOL: GucSetting<SqsProtocol> = GucSetting::<SqsProtocol>::new(SqsProtocol::Auto);
+static ENVELOPES: GucSetting<EnvelopesGuc> = GucSetting::<EnvelopesGuc>::new(EnvelopesGuc::Auto);
 static DELETE_AFTER: GucSetting<DeleteAfter> =
     GucSetting::<DeleteAfter>::new(DeleteAfter::LocalFlush);
 static RECEIVE_CONCURRENCY: GucSetting<i32> =
@@ -52,6 +56,15 @@ enum SqsProtocol {
     Json,
     #[name = c"query"]
     Query,
+}
+
+/// `fetch_etl.envelopes`; [`envelopes`] maps it to the core's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PostgresGucEnum)]
+enum EnvelopesGuc {
+    #[name = c"auto"]
+    Auto,
+    #[name = c"none"]
+    None,
 }
 
 /// `fetch_etl.delete_after`: when the drained messages may be deleted.
@@ -115,6 +128,20 @@ fn define_int(def: &IntSetting, guc: &'static GucSetting<i32>) {
     );
 }
 
+fn define_enum<T>(def: &EnumSetting, guc: &'static GucSetting<T>)
+where
+    T: pgrx::GucEnum + 'static,
+{
+    GucRegistry::define_enum_guc(
+        def.name,
+        def.short,
+        def.long,
+        guc,
+        context(def.access),
+        GucFlags::default(),
+    );
+}
+
 /// Called once from `_PG_init`.
 pub(crate) fn init() {
     // SAFETY: reading a flag PostgreSQL sets while loading preload libraries.
@@ -128,24 +155,9 @@ pub(crate) fn init() {
     define_string(&defs::AWS_REGION, &AWS_REGION);
     define_string(&defs::SQS_ENDPOINT_URL, &SQS_ENDPOINT_URL);
     define_string(&defs::ALLOWED_ENDPOINTS, &ALLOWED_ENDPOINTS);
-    let p = &defs::SQS_PROTOCOL;
-    GucRegistry::define_enum_guc(
-        p.name,
-        p.short,
-        p.long,
-        &SQS_PROTOCOL,
-        context(p.access),
-        GucFlags::default(),
-    );
-    let d = &defs::DELETE_AFTER;
-    GucRegistry::define_enum_guc(
-        d.name,
-        d.short,
-        d.long,
-        &DELETE_AFTER,
-        context(d.access),
-        GucFlags::default(),
-    );
+    define_enum(&defs::SQS_PROTOCOL, &SQS_PROTOCOL);
+    define_enum(&defs::ENVELOPES, &ENVELOPES);
+    define_enum(&defs::DELETE_AFTER, &DELETE_AFTER);
     define_int(&defs::RECEIVE_CONCURRENCY, &RECEIVE_CONCURRENCY);
     define_int(&defs::MAX_RECEIVE_CONCURRENCY, &MAX_RECEIVE_CONCURRENCY);
     define_int(&defs::LEDGER_WAIT_TIMEOUT, &LEDGER_WAIT_TIMEOUT);
@@ -216,6 +228,13 @@ pub(crate) fn receive_concurrency() -> usize {
 
 pub(crate) fn ledger_wait_timeout() -> Duration {
     millis(&defs::LEDGER_WAIT_TIMEOUT, &LEDGER_WAIT_TIMEOUT)
+}
+
+pub(crate) fn envelopes() -> Envelopes {
+    match ENVELOPES.get() {
+        EnvelopesGuc::Auto => Envelopes::Auto,
+        EnvelopesGuc::None => Envelopes::None,
+    }
 }
 
 pub(crate) fn delete_after() -> DeleteAfter {

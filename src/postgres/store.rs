@@ -18,12 +18,12 @@ use pgrx::pg_sys::{self, PgOid};
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient};
 
-use fetch_etl_core::batch::{self, Refusal, Rows};
+use fetch_etl_core::batch::{self, Refusal, Rows, Rules};
 use fetch_etl_core::contract::RejectReason;
 use fetch_etl_core::event::Limits;
 use fetch_etl_core::mask::Masker;
 use fetch_etl_core::sqs::Message;
-use fetch_etl_core::target::{AppVersionArray, TargetShape};
+use fetch_etl_core::target::{AppVersionArray, Metadata, TargetShape};
 use fetch_etl_core::time::now_ms;
 
 use super::error::SpiOrRaise;
@@ -48,6 +48,10 @@ const VAULT_SQL: &str = "INSERT INTO fetch_etl.pii_vault (masked, raw) \
 const LEDGER_SQL: &str = "INSERT INTO fetch_etl.processed_messages (message_id, run_id) \
      SELECT pg_catalog.unnest($1::pg_catalog.text[]), $2 \
      ON CONFLICT (message_id) DO NOTHING RETURNING message_id";
+
+/// Parameters: message ids text[], run id.
+const FORGET_SQL: &str = "DELETE FROM fetch_etl.processed_messages \
+     WHERE message_id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[]) AND run_id OPERATOR(pg_catalog.=) $2";
 
 /// Parameters: run id, queue URL, ids, bodies, codes, reasons, sent ms,
 /// receive counts, the producing role, the target table. The sent times are
@@ -98,9 +102,20 @@ impl Statements {
             AppVersionArray::Int8 => INT8_ARRAY,
             AppVersionArray::Text => TEXT_ARRAY,
         };
-        let target_types = [
+        let mut target_types = vec![
             TEXT_ARRAY, TEXT_ARRAY, TEXT_ARRAY, TEXT_ARRAY, TEXT_ARRAY, version, TEXT_ARRAY,
         ];
+        // the metadata columns' arrays, in fetch_etl_core::target::METADATA's order
+        let m = shape.metadata;
+        for (present, ty) in [
+            (m.message_id, TEXT_ARRAY),
+            (m.sent_at, INT8_ARRAY),
+            (m.attributes, TEXT_ARRAY),
+        ] {
+            if present {
+                target_types.push(ty);
+            }
+        }
         let dead_types = [
             pg_sys::INT8OID,
             pg_sys::TEXTOID,
@@ -148,7 +163,7 @@ pub(crate) struct Store {
     /// The calling role, recorded with each dead letter.
     role: String,
     shape: TargetShape,
-    limits: Limits,
+    rules: Rules,
     masker: Masker,
     statements: Statements,
     /// (mask, raw) pairs not yet written to the vault.
@@ -171,9 +186,13 @@ impl Store {
     /// statements. Raises, before anything is received, if any is unusable.
     pub(crate) fn open(target_table: &str, max_body_bytes: usize, owner: pg_sys::Oid) -> Store {
         let shape = target::resolve(target_table);
-        let limits = Limits {
-            max_body_bytes,
-            ..shape.limits.clone()
+        let rules = Rules {
+            limits: Limits {
+                max_body_bytes,
+                ..shape.limits.clone()
+            },
+            envelopes: settings::envelopes(),
+            metadata: shape.metadata,
         };
         let statements = Statements::prepare(&shape, owner);
         let role = Spi::get_one::<String>("SELECT pg_catalog.current_user()::pg_catalog.text")
@@ -183,7 +202,7 @@ impl Store {
             owner,
             role,
             masker: keystore::with_masker(|m| m.clone()),
-            limits,
+            rules,
             statements,
             shape,
             vault: Vec::new(),
@@ -193,6 +212,12 @@ impl Store {
     /// The target table's quoted, schema-qualified name.
     pub(crate) fn target_name(&self) -> &str {
         &self.shape.sql_name
+    }
+
+    /// The metadata columns the target has (the drain asks SQS for message
+    /// attributes only when it has `sqs_attributes`).
+    pub(crate) fn metadata(&self) -> Metadata {
+        self.shape.metadata
     }
 
     /// Records `ids` in the ledger (as the owner). An id another session
@@ -246,6 +271,21 @@ impl Store {
         })
     }
 
+    /// Takes `ids` this run recorded back out of the ledger (as the owner):
+    /// messages left in the queue after all (FIFO messages behind a deferred
+    /// one of their group), so that their redelivery is not a duplicate.
+    pub(crate) fn forget_ids(&self, client: &mut SpiClient<'_>, ids: &[String], run_id: i64) {
+        if ids.is_empty() {
+            return;
+        }
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        as_owner(self.owner, || {
+            client
+                .update(FORGET_SQL, None, &[ids.into(), run_id.into()])
+                .or_raise_spi("ledger");
+        });
+    }
+
     /// Validates, masks and stores `msgs`: valid rows into the target (as the
     /// calling role), their raw PII into the vault (as the owner). Dead
     /// letters are the caller's to write, from `Outcome::refused`.
@@ -253,7 +293,7 @@ impl Store {
         let mut interrupts = || {
             pgrx::check_for_interrupts!();
         };
-        let batch = batch::build(msgs, &self.limits, &self.masker, now_ms(), &mut interrupts);
+        let batch = batch::build(msgs, &self.rules, &self.masker, now_ms(), &mut interrupts);
         let mut out = Outcome {
             refused: batch.refused,
             ..Outcome::default()
@@ -353,12 +393,12 @@ impl Store {
         if n == 0 {
             return Vec::new();
         }
-        let app_version = self.shape.app_version;
+        let (app_version, metadata) = (self.shape.app_version, self.shape.metadata);
         let stmt = &self.statements.target;
         let mut insert = |range: std::ops::Range<usize>| {
             in_subxact(AssertUnwindSafe(|| {
                 client
-                    .update(stmt, None, &row_args(rows, range, app_version))
+                    .update(stmt, None, &row_args(rows, range, app_version, metadata))
                     .map(|_| ())
             }))
         };
@@ -440,12 +480,14 @@ impl Store {
     }
 }
 
-/// The seven INSERT arguments for rows `range`, as arrays built straight
-/// from the strings (no copies of the strings themselves).
+/// The INSERT arguments for rows `range` (the seven columns, then the
+/// metadata columns the table has), as arrays built straight from the
+/// strings (no copies of the strings themselves).
 fn row_args(
     rows: &Rows,
     range: std::ops::Range<usize>,
     app_version: AppVersionArray,
+    metadata: Metadata,
 ) -> Vec<DatumWithOid<'static>> {
     let s = |v: &[Option<String>]| -> DatumWithOid<'static> {
         v[range.clone()]
@@ -458,7 +500,7 @@ fn row_args(
         AppVersionArray::Int8 => rows.app_version_int[range.clone()].into(),
         AppVersionArray::Text => s(&rows.app_version_text),
     };
-    vec![
+    let mut args = vec![
         s(&rows.user_id),
         s(&rows.device_type),
         s(&rows.masked_ip),
@@ -466,5 +508,15 @@ fn row_args(
         s(&rows.locale),
         version,
         s(&rows.create_date),
-    ]
+    ];
+    if metadata.message_id {
+        args.push(s(&rows.sqs_message_id));
+    }
+    if metadata.sent_at {
+        args.push(rows.sqs_sent_at_ms[range.clone()].into());
+    }
+    if metadata.attributes {
+        args.push(s(&rows.sqs_attributes));
+    }
+    args
 }

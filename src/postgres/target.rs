@@ -28,6 +28,9 @@ fn column_type(oid: pg_sys::Oid, typmod: i32) -> ColumnType {
         pg_sys::DATEOID => ColumnType::Date,
         pg_sys::TIMESTAMPOID => ColumnType::Timestamp,
         pg_sys::TIMESTAMPTZOID => ColumnType::Timestamptz,
+        pg_sys::UUIDOID => ColumnType::Uuid,
+        pg_sys::JSONOID => ColumnType::Json,
+        pg_sys::JSONBOID => ColumnType::Jsonb,
         _ => ColumnType::Other,
     }
 }

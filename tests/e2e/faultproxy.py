@@ -5,6 +5,8 @@ Tests set attributes on a FaultProxy to make it:
   ErrorResponse), so the Query fallback can be tested;
 - fail the next N requests of an action with a status (503, throttling...);
 - fail every DeleteMessageBatch (a lost delete);
+- lose the next N replies of an action: forward the request, then close the
+  connection without answering (what a network failure after SQS acted looks like);
 - hold the first DeleteMessageBatch (never forward it; `deletes_held` is set
   when it arrives) while forwarding the others;
 - answer every request with a redirect;
@@ -45,6 +47,8 @@ class FaultProxy:
         self.delay = 0.0
         self.failures: dict[str, list] = {}  # action -> [remaining, status, body]
         self.seen: list[str] = []  # "json:ReceiveMessage" / "query:DeleteMessageBatch"
+        self.bodies: list[tuple[str, bytes]] = []  # (action, request body), in arrival order
+        self.lose: dict[str, int] = {}  # action -> replies still to lose
         self.lock = threading.Lock()
         proxy = self
 
@@ -64,6 +68,10 @@ class FaultProxy:
                     action = urllib.parse.parse_qs(body.decode()).get("Action", [""])[0]
                 with proxy.lock:
                     proxy.seen.append(f"{proto}:{action}")
+                    proxy.bodies.append((action, body))
+                    lose = proxy.lose.get(action, 0) > 0
+                    if lose:
+                        proxy.lose[action] -= 1
                     fail = proxy.failures.get(action)
                     injected = None
                     if fail and fail[0] > 0:
@@ -98,6 +106,10 @@ class FaultProxy:
                 conn.request("POST", self.path, body=body, headers=dict(self.headers.items()))
                 resp = conn.getresponse()
                 data = resp.read()
+                if lose:
+                    conn.close()
+                    self.close_connection = True
+                    return
                 if proxy.rewrite:
                     data = proxy.rewrite(data)
                 headers = [(k, v) for k, v in resp.getheaders()
@@ -124,6 +136,10 @@ class FaultProxy:
     def fail_next(self, action: str, times: int, status: int, body: bytes):
         with self.lock:
             self.failures[action] = [times, status, body]
+
+    def lose_next(self, action: str, times: int = 1):
+        with self.lock:
+            self.lose[action] = times
 
     def close(self):
         self.hold_deletes = False

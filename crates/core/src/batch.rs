@@ -4,10 +4,21 @@
 //! SQL arrays and runs the statements.
 
 use crate::contract::RejectReason;
+use crate::envelope::{EnvelopeAttributes, Envelopes};
 use crate::event::{self, AppVersion, Limits};
 use crate::mask::Masker;
 use crate::sqs::Message;
+use crate::target::Metadata;
 use crate::time::utc_date;
+
+/// How messages become rows: what the target holds, which envelopes are
+/// unwrapped, which metadata columns are filled.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rules {
+    pub limits: Limits,
+    pub envelopes: Envelopes,
+    pub metadata: Metadata,
+}
 
 /// A message that was not loaded: its index in the input, reason and the
 /// full text stored in the dead letter (`<reason>: <detail>`).
@@ -43,6 +54,11 @@ pub struct Rows {
     pub app_version_text: Vec<Option<String>>,
     /// `YYYY-MM-DD`, the UTC date of the message's SentTimestamp.
     pub create_date: Vec<Option<String>>,
+    /// The metadata columns the target has ([`Metadata`]); empty otherwise.
+    pub sqs_message_id: Vec<Option<String>>,
+    pub sqs_sent_at_ms: Vec<Option<i64>>,
+    /// JSON objects (see [`attributes_json`]).
+    pub sqs_attributes: Vec<Option<String>>,
     /// Raw values behind the masks, for the vault.
     raw_ip: Vec<Option<String>>,
     raw_device_id: Vec<Option<String>>,
@@ -51,7 +67,27 @@ pub struct Rows {
 }
 
 impl Rows {
-    fn push(&mut self, idx: usize, sent_ms: i64, e: event::LoginEvent, masker: &Masker) {
+    fn push(
+        &mut self,
+        idx: usize,
+        m: &Message,
+        now_ms: i64,
+        p: event::Parsed,
+        rules: &Rules,
+        masker: &Masker,
+    ) {
+        if rules.metadata.message_id {
+            self.sqs_message_id.push(Some(m.message_id.clone()));
+        }
+        if rules.metadata.sent_at {
+            self.sqs_sent_at_ms.push(m.sent_timestamp_ms);
+        }
+        if rules.metadata.attributes {
+            self.sqs_attributes
+                .push(Some(attributes_json(m, &p.attributes)));
+        }
+        let sent_ms = m.sent_timestamp_ms.unwrap_or(now_ms);
+        let e = p.event;
         let mask = |raw: &Option<String>| raw.as_ref().map(|r| masker.mask(r.as_bytes()));
         self.masked_ip.push(mask(&e.ip));
         self.masked_device_id.push(mask(&e.device_id));
@@ -97,12 +133,72 @@ pub struct Batch {
     pub refused: Vec<Refusal>,
 }
 
+/// The `sqs_attributes` value of a message: its kept system attributes
+/// (`MessageGroupId`, `SequenceNumber`, `MessageDeduplicationId`,
+/// `SenderId`), `ApproximateReceiveCount`, what its envelopes said
+/// (`TopicArn`; `EventSource`, `DetailType`), and `MessageAttributes` in
+/// the SQS API's shape (`{"name": {"DataType", "StringValue" |
+/// "BinaryValue"}}`). Every value a string, as SQS sends them.
+pub fn attributes_json(m: &Message, envelope: &EnvelopeAttributes) -> String {
+    use serde_json::{Map, Value};
+    // PostgreSQL's jsonb cannot hold \u0000 (SQS does not send it either).
+    let text = |s: &str| Value::String(s.replace('\0', "\u{FFFD}"));
+    let mut out = Map::new();
+    for (name, value) in &m.attributes {
+        out.insert((*name).to_string(), text(value));
+    }
+    if let Some(n) = m.receive_count {
+        out.insert("ApproximateReceiveCount".into(), text(&n.to_string()));
+    }
+    for (name, value) in envelope {
+        out.insert((*name).to_string(), text(value));
+    }
+    if !m.message_attributes.is_empty() {
+        let mut attrs = Map::new();
+        for a in &m.message_attributes {
+            let mut v = Map::new();
+            v.insert("DataType".into(), text(&a.data_type));
+            if let Some(s) = &a.string_value {
+                v.insert("StringValue".into(), text(s));
+            }
+            if let Some(b) = &a.binary_value {
+                v.insert("BinaryValue".into(), text(b));
+            }
+            attrs.insert(a.name.replace('\0', "\u{FFFD}"), Value::Object(v));
+        }
+        out.insert("MessageAttributes".into(), Value::Object(attrs));
+    }
+    Value::Object(out).to_string()
+}
+
+/// On a FIFO queue, the ids of `fresh` messages that SQS delivered after a
+/// `deferred` message of the same group (in `msgs`' order, the order SQS
+/// delivered them). Loading them now would put them before the message
+/// still to come: they are left in the queue with it.
+pub fn behind_deferred(
+    msgs: &[&Message],
+    fresh: &std::collections::HashSet<String>,
+    deferred: &std::collections::HashSet<String>,
+) -> Vec<String> {
+    let mut blocked: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for m in msgs {
+        let Some(group) = m.group_id() else { continue };
+        if deferred.contains(&m.message_id) {
+            blocked.insert(group);
+        } else if blocked.contains(group) && fresh.contains(&m.message_id) {
+            out.push(m.message_id.clone());
+        }
+    }
+    out
+}
+
 /// Validates, flattens and masks `msgs`. A message without a SentTimestamp
 /// is dated `now_ms`. `between` runs before each message (the extension
 /// checks for query cancellation there).
 pub fn build(
     msgs: &[&Message],
-    limits: &Limits,
+    rules: &Rules,
     masker: &Masker,
     now_ms: i64,
     between: &mut dyn FnMut(),
@@ -110,10 +206,8 @@ pub fn build(
     let mut out = Batch::default();
     for (i, m) in msgs.iter().enumerate() {
         between();
-        match event::parse_login(&m.body, limits) {
-            Ok(e) => out
-                .rows
-                .push(i, m.sent_timestamp_ms.unwrap_or(now_ms), e, masker),
+        match event::parse_message(&m.body, &rules.limits, rules.envelopes) {
+            Ok(p) => out.rows.push(i, m, now_ms, p, rules, masker),
             Err(r) => out.refused.push(Refusal::new(i, r.reason, r.detail)),
         }
     }
@@ -134,7 +228,111 @@ mod tests {
             body: body.into(),
             sent_timestamp_ms: sent,
             receive_count: Some(1),
+            ..Message::default()
         }
+    }
+
+    fn rules(limits: Limits) -> Rules {
+        Rules {
+            limits,
+            ..Rules::default()
+        }
+    }
+
+    #[test]
+    fn metadata_columns_get_the_message_s_id_time_and_attributes() {
+        let masker = Masker::new(&KEY).unwrap();
+        let mut m = msg("m-1", r#"{"user_id": "u"}"#, Some(1_670_000_000_123));
+        m.receive_count = Some(3);
+        m.attributes = vec![
+            ("MessageGroupId", "g".into()),
+            ("SenderId", "AID\0X".into()),
+        ];
+        m.message_attributes = vec![crate::sqs::MessageAttribute {
+            name: "tenant".into(),
+            data_type: "String".into(),
+            string_value: Some("acme".into()),
+            binary_value: None,
+        }];
+        let sns =
+            serde_json::json!({"Type": "Notification", "TopicArn": "arn:aws:sns:us-east-1:1:t",
+            "Message": r#"{"user_id": "v"}"#})
+            .to_string();
+        let mut unsent = msg("m-2", &sns, None);
+        unsent.receive_count = None;
+        let rules = Rules {
+            metadata: Metadata {
+                message_id: true,
+                sent_at: true,
+                attributes: true,
+            },
+            ..Rules::default()
+        };
+        let b = build(&[&m, &unsent], &rules, &masker, 5, &mut || {});
+        assert_eq!(b.rows.user_id, vec![Some("u".into()), Some("v".into())]);
+        assert_eq!(
+            b.rows.sqs_message_id,
+            vec![Some("m-1".into()), Some("m-2".into())]
+        );
+        // no SentTimestamp: NULL, while create_date falls back to now
+        assert_eq!(b.rows.sqs_sent_at_ms, vec![Some(1_670_000_000_123), None]);
+        let a: serde_json::Value =
+            serde_json::from_str(b.rows.sqs_attributes[0].as_deref().unwrap()).unwrap();
+        assert_eq!(
+            a,
+            serde_json::json!({"MessageGroupId": "g", "SenderId": "AID\u{FFFD}X", "ApproximateReceiveCount": "3",
+                "MessageAttributes": {"tenant": {"DataType": "String", "StringValue": "acme"}}})
+        );
+        assert_eq!(
+            b.rows.sqs_attributes[1].as_deref(),
+            Some(r#"{"TopicArn":"arn:aws:sns:us-east-1:1:t"}"#)
+        );
+        // without the columns, nothing is built for them
+        let b = build(&[&m], &Rules::default(), &masker, 5, &mut || {});
+        assert!(
+            b.rows.sqs_message_id.is_empty()
+                && b.rows.sqs_sent_at_ms.is_empty()
+                && b.rows.sqs_attributes.is_empty()
+        );
+    }
+
+    #[test]
+    fn poison_fifo_messages_behind_a_deferred_one_of_their_group_wait_with_it() {
+        let grouped = |id: &str, g: &str| {
+            let mut m = msg(id, "{}", None);
+            m.attributes = vec![("MessageGroupId", g.into())];
+            m
+        };
+        let msgs = [
+            grouped("a1", "A"),
+            grouped("b1", "B"),
+            grouped("a2", "A"),
+            grouped("b2", "B"),
+            grouped("a3", "A"),
+            msg("s1", "{}", None),
+        ];
+        let refs: Vec<&Message> = msgs.iter().collect();
+        let set = |ids: &[&str]| {
+            ids.iter()
+                .map(|s| s.to_string())
+                .collect::<std::collections::HashSet<_>>()
+        };
+        // a2 is held by another session: a3 must not be loaded before it; a1, B and the
+        // ungrouped message go on; a duplicate (already loaded) is not held back
+        let fresh = set(&["a1", "b1", "b2", "a3", "s1"]);
+        assert_eq!(
+            behind_deferred(&refs, &fresh, &set(&["a2"])),
+            vec!["a3".to_string()]
+        );
+        assert!(behind_deferred(&refs, &fresh, &set(&[])).is_empty());
+        assert_eq!(
+            behind_deferred(&refs, &set(&["a2", "b2", "a3"]), &set(&["a1"])),
+            vec!["a2".to_string(), "a3".to_string()]
+        );
+        // standard queues have no groups: nothing is held back
+        let plain = [msg("x", "{}", None), msg("y", "{}", None)];
+        let refs: Vec<&Message> = plain.iter().collect();
+        assert!(behind_deferred(&refs, &set(&["y"]), &set(&["x"])).is_empty());
     }
 
     #[test]
@@ -153,7 +351,7 @@ mod tests {
         let refs: Vec<&Message> = msgs.iter().collect();
         let b = build(
             &refs,
-            &Limits::default(),
+            &Rules::default(),
             &masker,
             951_782_400_000,
             &mut || {},
@@ -197,7 +395,7 @@ mod tests {
         let msgs: Vec<Message> = (0..5).map(|i| msg(&i.to_string(), "{}", None)).collect();
         let refs: Vec<&Message> = msgs.iter().collect();
         let mut calls = 0;
-        build(&refs, &Limits::default(), &masker, 0, &mut || calls += 1);
+        build(&refs, &Rules::default(), &masker, 0, &mut || calls += 1);
         assert_eq!(calls, 5);
     }
 
@@ -214,7 +412,7 @@ mod tests {
             msg("c", r#"{"user_id": "w"}"#, Some(0)),
         ];
         let refs: Vec<&Message> = msgs.iter().collect();
-        let b = build(&refs, &Limits::default(), &masker, 0, &mut || {});
+        let b = build(&refs, &Rules::default(), &masker, 0, &mut || {});
         let pairs = |k| {
             b.rows
                 .vault_pairs(k)
@@ -244,7 +442,7 @@ mod tests {
             r#"{"user_id": "u", "app_version": "1.2.3.4-beta"}"#,
             Some(0),
         );
-        let b = build(&[&m], &limits, &masker, 0, &mut || {});
+        let b = build(&[&m], &rules(limits), &masker, 0, &mut || {});
         assert_eq!(b.rows.app_version_text, vec![Some("1.2.3.4-beta".into())]);
         assert!(b.rows.app_version_int.is_empty());
     }
@@ -260,7 +458,7 @@ mod tests {
             .map(|(i, r)| msg(&i.to_string(), &serde_json::to_string(r).unwrap(), Some(0)))
             .collect();
         let refs: Vec<&Message> = msgs.iter().collect();
-        let b = build(&refs, &Limits::default(), &masker, 0, &mut || {});
+        let b = build(&refs, &Rules::default(), &masker, 0, &mut || {});
         assert_eq!(b.rows.len(), 99);
         assert_eq!(b.refused.len(), 1);
         assert_eq!(b.refused[0].index, 12);

@@ -65,6 +65,9 @@ sql_enum! {
         DuplicateField = "duplicate_field",
         /// An `app_version` the integer column cannot encode.
         BadAppVersion = "bad_app_version",
+        /// An SNS notification or EventBridge event that carries no event
+        /// (no string `Message`, no `detail` object).
+        MalformedEnvelope = "malformed_envelope",
         /// The target table refused the row with a data error.
         RejectedByTable = "rejected_by_table",
     }

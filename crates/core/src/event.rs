@@ -12,6 +12,7 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 
 use crate::contract::RejectReason;
+use crate::envelope::{self, EnvelopeAttributes, Envelopes, Kind, Opened};
 use crate::settings;
 
 /// The login fields, in the order the exercise lists them.
@@ -67,8 +68,14 @@ pub enum AppVersion {
     Text(Option<String>),
 }
 
+impl Default for AppVersion {
+    fn default() -> Self {
+        AppVersion::Int(None)
+    }
+}
+
 /// A valid login event (raw PII still in it: mask before storing).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LoginEvent {
     pub user_id: String,
     pub device_type: Option<String>,
@@ -134,8 +141,24 @@ fn json_kind(v: &Value) -> &'static str {
     }
 }
 
-/// Validates and flattens one message body.
+/// A valid event and what its envelopes said about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed {
+    pub event: LoginEvent,
+    /// The envelopes unwrapped, outermost first (empty: a bare event).
+    pub envelopes: Vec<Kind>,
+    /// Their fields kept with the row (`TopicArn`, `EventSource`, ...).
+    pub attributes: EnvelopeAttributes,
+}
+
+/// Validates and flattens one message body that is the event itself.
 pub fn parse_login(body: &str, limits: &Limits) -> Result<LoginEvent, Reject> {
+    parse_message(body, limits, Envelopes::None).map(|p| p.event)
+}
+
+/// Validates and flattens one message body: the event, or (with
+/// `Envelopes::Auto`) an SNS notification or EventBridge event around it.
+pub fn parse_message(body: &str, limits: &Limits, envelopes: Envelopes) -> Result<Parsed, Reject> {
     if body.len() > limits.max_body_bytes {
         return Err(reject(
             RejectReason::TooLarge,
@@ -147,8 +170,55 @@ pub fn parse_login(body: &str, limits: &Limits) -> Result<LoginEvent, Reject> {
             ),
         ));
     }
+    let mut out = Parsed {
+        event: LoginEvent::default(),
+        envelopes: Vec::new(),
+        attributes: Vec::new(),
+    };
+    out.event = open_layers(body, limits, envelopes, &mut out)?;
+    Ok(out)
+}
+
+/// Validates `text`, unwrapping envelopes around it (recording them in `out`).
+fn open_layers(
+    text: &str,
+    limits: &Limits,
+    envelopes: Envelopes,
+    out: &mut Parsed,
+) -> Result<LoginEvent, Reject> {
+    let fields = parse_object(text)?;
+    if envelopes == Envelopes::Auto && out.envelopes.len() < envelope::MAX_LAYERS {
+        match envelope::open(text, &fields.0) {
+            Opened::Bare => {}
+            Opened::Refused(r) => return Err(r),
+            Opened::Inner {
+                kind,
+                inner,
+                attributes,
+            } => {
+                out.envelopes.push(kind);
+                out.attributes.extend(attributes);
+                return open_layers(&inner, limits, envelopes, out)
+                    .map_err(|r| envelope::inside(kind, r));
+            }
+        }
+    }
+    let hint = match envelopes {
+        Envelopes::None => envelope::not_unwrapped_hint(&fields.0),
+        Envelopes::Auto => None,
+    };
+    login_from(&fields, limits).map_err(|mut r| {
+        if let (RejectReason::NotLoginEvent, Some(h)) = (r.reason, hint) {
+            r.detail.push_str(&h);
+        }
+        r
+    })
+}
+
+/// `text` as a JSON object with distinct keys, or why not.
+fn parse_object(text: &str) -> Result<Fields, Reject> {
     // Parse as a generic value first, for a precise error on anything but an object.
-    let fields: Fields = match serde_json::from_str::<Fields>(body) {
+    let fields: Fields = match serde_json::from_str::<Fields>(text) {
         Ok(f) => f,
         Err(e) => {
             let msg = e.to_string();
@@ -158,7 +228,7 @@ pub fn parse_login(body: &str, limits: &Limits) -> Result<LoginEvent, Reject> {
                     "JSON nesting exceeds 128 levels",
                 ));
             }
-            return Err(match serde_json::from_str::<Value>(body) {
+            return Err(match serde_json::from_str::<Value>(text) {
                 Ok(v) => reject(
                     RejectReason::NotObject,
                     format!("body is a JSON {}, not an object", json_kind(&v)),
@@ -181,6 +251,11 @@ pub fn parse_login(body: &str, limits: &Limits) -> Result<LoginEvent, Reject> {
             ));
         }
     }
+    Ok(fields)
+}
+
+/// The login event in an object's fields.
+fn login_from(fields: &Fields, limits: &Limits) -> Result<LoginEvent, Reject> {
     if !fields
         .0
         .iter()
@@ -318,7 +393,7 @@ pub fn encode_app_version(v: &str) -> Result<i64, String> {
         + nums.get(2).copied().unwrap_or(0)) as i64)
 }
 
-fn truncate(s: &str, max: usize) -> String {
+pub(crate) fn truncate(s: &str, max: usize) -> String {
     if s.chars().count() > max {
         format!("{}...", s.chars().take(max).collect::<String>())
     } else {

@@ -7,6 +7,7 @@
 //!   `on_error` modes), each spelled once.
 //! - [`settings`]: every `fetch_etl.*` setting's name, default and bounds.
 //! - [`event`]: validating and flattening one login event.
+//! - [`envelope`]: SNS notifications and EventBridge events around an event.
 //! - [`mask`]: keyed HMAC-SHA256 masking.
 //! - [`budget`]: the memory bounds of one drain.
 //! - [`batch`]: received messages to column arrays, vault pairs and refusals.
@@ -22,6 +23,7 @@ pub mod batch;
 pub mod budget;
 pub mod contract;
 pub mod credentials;
+pub mod envelope;
 pub mod error;
 pub mod event;
 pub mod mask;

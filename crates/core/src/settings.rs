@@ -179,6 +179,14 @@ pub const SQS_PROTOCOL: EnumSetting = EnumSetting {
     access: Access::Anyone,
 };
 
+pub const ENVELOPES: EnumSetting = EnumSetting {
+    name: c"fetch_etl.envelopes",
+    short: c"Unwrap SNS notifications and EventBridge events around login events (auto), or take every body as the event (none).",
+    long: c"",
+    values: &["auto", "none"],
+    access: Access::Anyone,
+};
+
 pub const RECEIVE_CONCURRENCY: IntSetting = IntSetting {
     name: c"fetch_etl.receive_concurrency",
     short: c"ReceiveMessage calls sqs_drain keeps in flight at once (at most fetch_etl.max_receive_concurrency).",
@@ -289,7 +297,7 @@ pub const STRINGS: &[StringSetting] = &[
     SQS_ENDPOINT_URL,
     ALLOWED_ENDPOINTS,
 ];
-pub const ENUMS: &[EnumSetting] = &[SQS_PROTOCOL, DELETE_AFTER];
+pub const ENUMS: &[EnumSetting] = &[SQS_PROTOCOL, ENVELOPES, DELETE_AFTER];
 pub const INTS: &[IntSetting] = &[
     RECEIVE_CONCURRENCY,
     MAX_RECEIVE_CONCURRENCY,

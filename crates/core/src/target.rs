@@ -40,6 +40,9 @@ pub enum ColumnType {
     Date,
     Timestamp,
     Timestamptz,
+    Uuid,
+    Json,
+    Jsonb,
     /// Anything else.
     Other,
 }
@@ -64,6 +67,21 @@ pub struct Column {
     pub display: String,
 }
 
+/// The optional columns about the message (not the event) a target may
+/// have; each is filled when it exists.
+pub const METADATA: [&str; 3] = ["sqs_message_id", "sqs_sent_at", "sqs_attributes"];
+
+/// Which of the [`METADATA`] columns the target has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Metadata {
+    /// `sqs_message_id`: a text type or uuid.
+    pub message_id: bool,
+    /// `sqs_sent_at`: timestamptz (or timestamp, in UTC), from SentTimestamp.
+    pub sent_at: bool,
+    /// `sqs_attributes`: jsonb or json.
+    pub attributes: bool,
+}
+
 /// The type of the `app_version` array parameter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AppVersionArray {
@@ -79,8 +97,12 @@ pub struct TargetShape {
     /// What the columns can hold (`max_body_bytes` left at its default).
     pub limits: Limits,
     pub app_version: AppVersionArray,
+    /// The metadata columns it has.
+    pub metadata: Metadata,
     /// INSERT ... SELECT FROM unnest($1..$7) for this table. Parameters, in
-    /// order: text[] x 5, `app_version` (int8[] or text[]), text[].
+    /// order: text[] x 5, `app_version` (int8[] or text[]), text[]; then,
+    /// for the metadata columns it has, in this order: message ids text[],
+    /// sent times int8[] (ms), attributes text[] (JSON).
     pub insert_sql: String,
 }
 
@@ -105,6 +127,13 @@ pub enum TargetError {
     BadAppVersionType { table: String, ty: String },
     #[error("column create_date of {table} is {ty}; sqs_drain needs date, timestamp or text")]
     BadCreateDateType { table: String, ty: String },
+    #[error("column {column} of {table} is {ty}; sqs_drain fills it only if it is {wants}")]
+    BadMetadataType {
+        table: String,
+        column: &'static str,
+        ty: String,
+        wants: &'static str,
+    },
 }
 
 impl Classified for TargetError {
@@ -121,6 +150,9 @@ impl Classified for TargetError {
                 "sqs_drain needs the columns {}.",
                 REQUIRED.join(", ")
             )),
+            TargetError::BadMetadataType { .. } => Some(
+                "Change the column's type, or rename it: sqs_drain fills the columns named sqs_message_id, sqs_sent_at and sqs_attributes.".into(),
+            ),
             _ => None,
         }
     }
@@ -198,15 +230,66 @@ pub fn shape(sql_name: &str, columns: &[Column]) -> Result<TargetShape, TargetEr
         AppVersionArray::Text => "text",
     };
     // The required names are plain lowercase identifiers: no quoting needed
-    // (checked by the_required_names_need_no_quotes).
-    let cols = REQUIRED.join(", ");
+    // (checked by the_required_names_need_no_quotes), and so are METADATA's.
+    let mut cols = REQUIRED.join(", ");
+    let mut exprs = format!("u, d, mi, md, l, av, {cd_expr}");
+    let mut sources = String::new();
+    let mut aliases = String::new();
+    let mut metadata = Metadata::default();
+    let mut n = 7;
+    for name in METADATA {
+        let Some(c) = columns.iter().find(|c| c.name == name) else {
+            continue;
+        };
+        let bad = |wants| TargetError::BadMetadataType {
+            table: table(),
+            column: name,
+            ty: c.display.clone(),
+            wants,
+        };
+        // (the unnest's alias, its array type, the value inserted)
+        let (alias, array, expr) = match name {
+            "sqs_message_id" => {
+                metadata.message_id = true;
+                match c.ty {
+                    ColumnType::Uuid => ("mid", "text", "mid::pg_catalog.uuid"),
+                    t => match t.text_limit() {
+                        Some(None) => ("mid", "text", "mid"),
+                        Some(Some(n)) if n >= MESSAGE_ID_CHARS => ("mid", "text", "mid"),
+                        _ => return Err(bad("uuid or a text type of at least 100 characters")),
+                    },
+                }
+            }
+            "sqs_sent_at" => {
+                metadata.sent_at = true;
+                match c.ty {
+                    ColumnType::Timestamptz => ("ms", "int8", SENT_AT_EXPR),
+                    ColumnType::Timestamp => ("ms", "int8", SENT_AT_UTC_EXPR),
+                    _ => return Err(bad("timestamptz or timestamp")),
+                }
+            }
+            _ => {
+                metadata.attributes = true;
+                match c.ty {
+                    ColumnType::Jsonb => ("sa", "text", "sa::pg_catalog.jsonb"),
+                    ColumnType::Json => ("sa", "text", "sa::pg_catalog.json"),
+                    _ => return Err(bad("jsonb or json")),
+                }
+            }
+        };
+        n += 1;
+        cols.push_str(&format!(", {name}"));
+        exprs.push_str(&format!(", {expr}"));
+        sources.push_str(&format!(", pg_catalog.unnest(${n}::pg_catalog.{array}[])"));
+        aliases.push_str(&format!(", {alias}"));
+    }
     let insert_sql = format!(
         "INSERT INTO {sql_name} ({cols}) \
-         SELECT u, d, mi, md, l, av, {cd_expr} \
+         SELECT {exprs} \
          FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($2::pg_catalog.text[]), \
               pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($4::pg_catalog.text[]), \
               pg_catalog.unnest($5::pg_catalog.text[]), pg_catalog.unnest($6::pg_catalog.{array_type}[]), \
-              pg_catalog.unnest($7::pg_catalog.text[])) AS t(u, d, mi, md, l, av, cd)"
+              pg_catalog.unnest($7::pg_catalog.text[]){sources}) AS t(u, d, mi, md, l, av, cd{aliases})"
     );
     Ok(TargetShape {
         sql_name: sql_name.to_string(),
@@ -218,9 +301,18 @@ pub fn shape(sql_name: &str, columns: &[Column]) -> Result<TargetShape, TargetEr
             ..Limits::default()
         },
         app_version: array,
+        metadata,
         insert_sql,
     })
 }
+
+/// SQS message ids are at most 100 characters.
+const MESSAGE_ID_CHARS: usize = 100;
+/// Milliseconds since the epoch to timestamptz, and to a UTC timestamp.
+const SENT_AT_EXPR: &str =
+    "pg_catalog.to_timestamp(ms::pg_catalog.float8 OPERATOR(pg_catalog./) 1000.0::pg_catalog.float8)";
+const SENT_AT_UTC_EXPR: &str =
+    "pg_catalog.timezone('UTC', pg_catalog.to_timestamp(ms::pg_catalog.float8 OPERATOR(pg_catalog./) 1000.0::pg_catalog.float8))";
 
 fn int_range(min: i64, max: i64) -> AppVersionColumn {
     AppVersionColumn::Integer { min, max }
@@ -284,6 +376,78 @@ mod tests {
             assert!(s.insert_sql.contains(&format!("${n}::")), "${n}");
         }
         assert!(!s.insert_sql.contains("$8"));
+    }
+
+    #[test]
+    fn metadata_columns_are_filled_when_they_exist() {
+        let s = shape("t", &exercise()).unwrap();
+        assert_eq!(s.metadata, Metadata::default());
+        let mut cols = exercise();
+        cols.push(col("sqs_attributes", ColumnType::Jsonb));
+        cols.insert(0, col("sqs_message_id", ColumnType::Uuid));
+        cols.push(col("sqs_sent_at", ColumnType::Timestamptz));
+        let s = shape("t", &cols).unwrap();
+        assert_eq!(
+            s.metadata,
+            Metadata {
+                message_id: true,
+                sent_at: true,
+                attributes: true
+            }
+        );
+        // always in METADATA's order, whatever the table's, each bound once
+        assert!(s.insert_sql.contains(
+            "create_date, sqs_message_id, sqs_sent_at, sqs_attributes) SELECT u, d, mi, md, l, av, cd::pg_catalog.date, mid::pg_catalog.uuid, pg_catalog.to_timestamp("
+        ), "{}", s.insert_sql);
+        assert!(s.insert_sql.contains("pg_catalog.unnest($8::pg_catalog.text[]), pg_catalog.unnest($9::pg_catalog.int8[]), pg_catalog.unnest($10::pg_catalog.text[])) AS t(u, d, mi, md, l, av, cd, mid, ms, sa)"), "{}", s.insert_sql);
+        assert!(s.insert_sql.contains("sa::pg_catalog.jsonb"));
+        // only the ones present, numbered on
+        let mut cols = exercise();
+        cols.push(col("sqs_sent_at", ColumnType::Timestamp));
+        let s = shape("t", &cols).unwrap();
+        assert!(s.metadata.sent_at && !s.metadata.message_id && !s.metadata.attributes);
+        assert!(
+            s.insert_sql.contains(
+                "pg_catalog.unnest($8::pg_catalog.int8[])) AS t(u, d, mi, md, l, av, cd, ms)"
+            ),
+            "{}",
+            s.insert_sql
+        );
+        assert!(s.insert_sql.contains("pg_catalog.timezone('UTC', "));
+        assert!(!s.insert_sql.contains("$9"));
+    }
+
+    #[test]
+    fn metadata_columns_of_other_types_are_refused_by_name() {
+        for (name, ty) in [
+            ("sqs_message_id", ColumnType::Integer),
+            (
+                "sqs_message_id",
+                ColumnType::Varchar {
+                    max_chars: Some(36),
+                },
+            ),
+            ("sqs_sent_at", ColumnType::Date),
+            ("sqs_attributes", ColumnType::Text),
+        ] {
+            let mut cols = exercise();
+            cols.push(col(name, ty));
+            let e = shape("t", &cols).unwrap_err();
+            assert!(
+                matches!(e, TargetError::BadMetadataType { column, .. } if column == name),
+                "{e}"
+            );
+            assert_eq!(e.kind(), ErrorKind::DatatypeMismatch);
+            assert!(e.hint().unwrap().contains("rename"));
+        }
+        let mut cols = exercise();
+        cols.push(col(
+            "sqs_message_id",
+            ColumnType::Varchar {
+                max_chars: Some(100),
+            },
+        ));
+        assert!(shape("t", &cols).unwrap().metadata.message_id);
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     pub retry: RetryPolicy,
     pub max_response_bytes: usize,
+    /// Ask for the kept system attributes and the message attributes (the
+    /// target has an `sqs_attributes` column).
+    pub metadata: bool,
 }
 
 impl Default for ClientConfig {
@@ -33,6 +36,7 @@ impl Default for ClientConfig {
             request_timeout: Duration::from_millis(settings::HTTP_TIMEOUT.default as u64),
             retry: RetryPolicy::default(),
             max_response_bytes: crate::budget::MAX_REPLY_BYTES,
+            metadata: false,
         }
     }
 }
@@ -112,6 +116,9 @@ impl<T: Transport> Client<T> {
     /// ReceiveMessage (max 1..=10, wait 0..=20 s). A reply with more than
     /// `max` messages is cut to the first `max`: the others are neither
     /// stored nor deleted, so they come back after their visibility timeout.
+    /// On a FIFO queue every attempt of one call carries the same
+    /// ReceiveRequestAttemptId: SQS answers a retry after a lost reply with
+    /// the same messages instead of hiding them for the visibility timeout.
     pub async fn receive(
         &self,
         max: u32,
@@ -119,16 +126,32 @@ impl<T: Transport> Client<T> {
         visibility_timeout: Option<u32>,
     ) -> Result<Vec<Message>, SqsError> {
         let q = &self.queue;
+        let fifo = q.is_fifo();
+        let attempt_id = fifo.then(|| self.attempt_id());
+        let params = wire::ReceiveParams {
+            max,
+            wait_seconds,
+            visibility_timeout,
+            attempt_id: attempt_id.as_deref(),
+            metadata: self.cfg.metadata,
+            fifo,
+        };
         let mut msgs = self
             .call(
                 Op::Receive,
-                |p| wire::receive_request(p, q, max, wait_seconds, visibility_timeout),
+                |p| wire::receive_request(p, q, &params),
                 wire::parse_receive,
                 Duration::from_secs(wait_seconds as u64),
             )
             .await?;
         msgs.truncate(max as usize);
         Ok(msgs)
+    }
+
+    /// A fresh ReceiveRequestAttemptId: 32 letters and digits (SQS allows 128).
+    fn attempt_id(&self) -> String {
+        let mut rng = self.rng.lock().expect("not poisoned");
+        (0..32).map(|_| rng.alphanumeric()).collect()
     }
 
     /// DeleteMessageBatch of up to 10 `(id, receipt handle)` pairs. An entry
@@ -468,6 +491,57 @@ mod tests {
             .requests()
             .iter()
             .all(|r| r.headers.iter().any(|(k, _)| k == "authorization")));
+    }
+
+    #[test]
+    fn lost_fifo_reply_retries_carry_the_same_receive_request_attempt_id() {
+        let fake = Fake::new(vec![
+            Err(SqsError::Timeout {
+                endpoint: "http://localhost:4566/".into(),
+                seconds: 10,
+            }),
+            reply(503, UNAVAILABLE),
+            reply(200, ONE_JSON),
+            reply(200, EMPTY_JSON),
+        ]);
+        let mut c = client(&fake, Some(Protocol::Json), 5);
+        c.queue = QueueRef::parse("http://localhost:4566/000000000000/q.fifo", None).unwrap();
+        run(c.receive(10, 0, None)).unwrap();
+        run(c.receive(10, 0, None)).unwrap();
+        let ids: Vec<String> = fake
+            .requests()
+            .iter()
+            .map(|r| {
+                let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+                v["ReceiveRequestAttemptId"].as_str().unwrap().to_string()
+            })
+            .collect();
+        assert_eq!(ids.len(), 4);
+        // one id for the three attempts of the first call, a new one for the next call
+        assert_eq!(ids[0], ids[1]);
+        assert_eq!(ids[1], ids[2]);
+        assert_ne!(ids[2], ids[3]);
+        assert!(ids
+            .iter()
+            .all(|i| i.len() == 32 && i.bytes().all(|b| b.is_ascii_alphanumeric())));
+        // FIFO receives ask for the group id and sequence number
+        let v: serde_json::Value = serde_json::from_slice(&fake.requests()[0].body).unwrap();
+        assert_eq!(
+            v["MessageSystemAttributeNames"],
+            serde_json::json!([
+                "SentTimestamp",
+                "ApproximateReceiveCount",
+                "MessageGroupId",
+                "SequenceNumber"
+            ])
+        );
+        // a standard queue's receives carry no attempt id
+        let fake = Fake::new(vec![reply(200, EMPTY_JSON)]);
+        let c = client(&fake, Some(Protocol::Json), 5);
+        run(c.receive(10, 0, None)).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&fake.requests()[0].body).unwrap();
+        assert!(v.get("ReceiveRequestAttemptId").is_none());
+        assert!(v.get("MessageAttributeNames").is_none());
     }
 
     #[test]

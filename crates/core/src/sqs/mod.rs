@@ -18,7 +18,7 @@ pub mod queue_url;
 pub mod retry;
 mod signer;
 pub mod transport;
-mod wire;
+pub mod wire;
 
 use crate::error::{Classified, ErrorKind};
 
@@ -126,7 +126,7 @@ fn redact_runs(text: &str, secret: &str) -> String {
 }
 
 /// One received message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Message {
     pub message_id: String,
     pub receipt_handle: String,
@@ -135,6 +135,37 @@ pub struct Message {
     pub sent_timestamp_ms: Option<i64>,
     /// `ApproximateReceiveCount` attribute.
     pub receive_count: Option<i32>,
+    /// The system attributes of [`wire::KEPT_ATTRIBUTES`] SQS sent, in that
+    /// order (`MessageGroupId`, `SequenceNumber`, ...).
+    pub attributes: Vec<(&'static str, String)>,
+    /// The message attributes (asked for only when the target keeps them).
+    pub message_attributes: Vec<MessageAttribute>,
+}
+
+impl Message {
+    /// A system attribute SQS sent.
+    pub fn attribute(&self, name: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The FIFO message group (None on a standard queue).
+    pub fn group_id(&self) -> Option<&str> {
+        self.attribute("MessageGroupId")
+    }
+}
+
+/// One message attribute, as SQS sent it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MessageAttribute {
+    pub name: String,
+    /// `String`, `Number`, `Binary`, or one of those with a `.custom` suffix.
+    pub data_type: String,
+    pub string_value: Option<String>,
+    /// Base64, as on the wire.
+    pub binary_value: Option<String>,
 }
 
 /// Result of a DeleteMessageBatch call.

@@ -110,7 +110,24 @@ impl Drop for Held {
 
 /// What a message costs in memory, about.
 pub fn message_bytes(m: &Message) -> usize {
-    m.body.len() + m.message_id.len() + m.receipt_handle.len() + 64
+    let attributes: usize = m.attributes.iter().map(|(_, v)| v.len() + 16).sum();
+    let message_attributes: usize = m
+        .message_attributes
+        .iter()
+        .map(|a| {
+            a.name.len()
+                + a.data_type.len()
+                + a.string_value.as_ref().map_or(0, String::len)
+                + a.binary_value.as_ref().map_or(0, String::len)
+                + 64
+        })
+        .sum();
+    m.body.len()
+        + m.message_id.len()
+        + m.receipt_handle.len()
+        + 64
+        + attributes
+        + message_attributes
 }
 
 #[derive(Debug)]
@@ -285,8 +302,7 @@ mod tests {
                             message_id: format!("m{id}"),
                             receipt_handle: format!("r{id}"),
                             body: "{}".into(),
-                            sent_timestamp_ms: None,
-                            receive_count: None,
+                            ..Message::default()
                         }
                     })
                     .collect()
@@ -409,8 +425,7 @@ mod tests {
                 message_id: "m1000".into(),
                 receipt_handle: "r1000".into(),
                 body: "{}".into(),
-                sent_timestamp_ms: None,
-                receive_count: None,
+                ..Message::default()
             });
         let config = PumpConfig {
             high_water: 3 * reply,

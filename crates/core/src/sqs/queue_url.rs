@@ -21,6 +21,16 @@ pub struct QueueRef {
 }
 
 impl QueueRef {
+    /// A FIFO queue: its name ends in `.fifo`.
+    pub fn is_fifo(&self) -> bool {
+        self.queue_url
+            .split(['?', '#'])
+            .next()
+            .unwrap_or_default()
+            .trim_end_matches('/')
+            .ends_with(".fifo")
+    }
+
     /// Parses `queue_url`; `endpoint_override` (e.g. from `fetch_etl.sqs_endpoint_url`)
     /// replaces the URL's own scheme, host and port when set.
     pub fn parse(queue_url: &str, endpoint_override: Option<&str>) -> Result<Self, SqsError> {
@@ -186,6 +196,18 @@ pub fn is_region(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fifo_queues_are_told_by_their_name() {
+        let fifo = |u: &str| QueueRef::parse(u, None).unwrap().is_fifo();
+        assert!(fifo(
+            "https://sqs.us-east-1.amazonaws.com/123456789012/logins.fifo"
+        ));
+        assert!(fifo("http://localhost:4566/000000000000/logins.fifo/"));
+        assert!(!fifo("http://localhost:4566/000000000000/logins"));
+        assert!(!fifo("http://localhost:4566/000000000000/fifo"));
+        assert!(!fifo("http://logins.fifo:4566/000000000000/logins"));
+    }
 
     #[test]
     fn localstack_style_url() {

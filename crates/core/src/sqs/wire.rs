@@ -10,12 +10,51 @@ use std::collections::HashMap;
 use quick_xml::events::Event;
 use serde::Deserialize;
 
-use super::{DeleteOutcome, Message, Protocol, QueueRef, SqsError};
+use super::{DeleteOutcome, Message, MessageAttribute, Protocol, QueueRef, SqsError};
 use crate::budget;
 
 pub const QUERY_API_VERSION: &str = "2012-11-05";
-/// Message attributes the drain asks for.
+/// System attributes every drain asks for.
 pub const WANTED_ATTRIBUTES: [&str; 2] = ["SentTimestamp", "ApproximateReceiveCount"];
+/// System attributes kept with a message ([`Message::attributes`]): asked
+/// for when the target has an `sqs_attributes` column, and the first two
+/// always on a FIFO queue (the drain keeps each group's order).
+pub const KEPT_ATTRIBUTES: [&str; 4] = [
+    "MessageGroupId",
+    "SequenceNumber",
+    "MessageDeduplicationId",
+    "SenderId",
+];
+
+/// What one ReceiveMessage call asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReceiveParams<'a> {
+    /// 1..=10 messages.
+    pub max: u32,
+    pub wait_seconds: u32,
+    pub visibility_timeout: Option<u32>,
+    /// FIFO queues: the same for every attempt of one call, so that SQS
+    /// answers a retry with the messages the lost reply carried.
+    pub attempt_id: Option<&'a str>,
+    /// The kept system attributes and every message attribute.
+    pub metadata: bool,
+    /// A FIFO queue: its group id and sequence number.
+    pub fifo: bool,
+}
+
+impl ReceiveParams<'_> {
+    /// The system attribute names to ask for.
+    pub fn attribute_names(&self) -> Vec<&'static str> {
+        let kept = if self.metadata {
+            &KEPT_ATTRIBUTES[..]
+        } else if self.fifo {
+            &KEPT_ATTRIBUTES[..2]
+        } else {
+            &[]
+        };
+        WANTED_ATTRIBUTES.iter().chain(kept).copied().collect()
+    }
+}
 
 /// A request ready to be signed and sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,39 +95,46 @@ fn query_request(queue: &QueueRef, action: &str, params: &[(String, String)]) ->
     }
 }
 
-/// ReceiveMessage: up to `max` (1..=10) messages, long-polling `wait_seconds`.
-pub fn receive_request(
-    protocol: Protocol,
-    queue: &QueueRef,
-    max: u32,
-    wait_seconds: u32,
-    visibility_timeout: Option<u32>,
-) -> WireRequest {
+/// ReceiveMessage, as `p` says.
+pub fn receive_request(protocol: Protocol, queue: &QueueRef, p: &ReceiveParams<'_>) -> WireRequest {
+    let names = p.attribute_names();
     match protocol {
         Protocol::Json => {
             let mut body = serde_json::json!({
                 "QueueUrl": queue.queue_url,
-                "MaxNumberOfMessages": max,
-                "WaitTimeSeconds": wait_seconds,
+                "MaxNumberOfMessages": p.max,
+                "WaitTimeSeconds": p.wait_seconds,
                 // AttributeNames is the older name of MessageSystemAttributeNames; send both.
-                "AttributeNames": WANTED_ATTRIBUTES,
-                "MessageSystemAttributeNames": WANTED_ATTRIBUTES,
+                "AttributeNames": names,
+                "MessageSystemAttributeNames": names,
             });
-            if let Some(v) = visibility_timeout {
+            if let Some(v) = p.visibility_timeout {
                 body["VisibilityTimeout"] = v.into();
+            }
+            if let Some(id) = p.attempt_id {
+                body["ReceiveRequestAttemptId"] = id.into();
+            }
+            if p.metadata {
+                body["MessageAttributeNames"] = serde_json::json!(["All"]);
             }
             json_request("ReceiveMessage", body)
         }
         Protocol::Query => {
             let mut params = vec![
-                ("MaxNumberOfMessages".to_string(), max.to_string()),
-                ("WaitTimeSeconds".to_string(), wait_seconds.to_string()),
+                ("MaxNumberOfMessages".to_string(), p.max.to_string()),
+                ("WaitTimeSeconds".to_string(), p.wait_seconds.to_string()),
             ];
-            for (i, a) in WANTED_ATTRIBUTES.iter().enumerate() {
+            for (i, a) in names.iter().enumerate() {
                 params.push((format!("AttributeName.{}", i + 1), a.to_string()));
             }
-            if let Some(v) = visibility_timeout {
+            if let Some(v) = p.visibility_timeout {
                 params.push(("VisibilityTimeout".to_string(), v.to_string()));
+            }
+            if let Some(id) = p.attempt_id {
+                params.push(("ReceiveRequestAttemptId".to_string(), id.to_string()));
+            }
+            if p.metadata {
+                params.push(("MessageAttributeName.1".to_string(), "All".to_string()));
             }
             query_request(queue, "ReceiveMessage", &params)
         }
@@ -165,6 +211,18 @@ struct JsonMessage {
     body: String,
     #[serde(rename = "Attributes", default)]
     attributes: HashMap<String, String>,
+    #[serde(rename = "MessageAttributes", default)]
+    message_attributes: HashMap<String, JsonMessageAttribute>,
+}
+
+#[derive(Deserialize)]
+struct JsonMessageAttribute {
+    #[serde(rename = "DataType", default)]
+    data_type: String,
+    #[serde(rename = "StringValue")]
+    string_value: Option<String>,
+    #[serde(rename = "BinaryValue")]
+    binary_value: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -224,7 +282,10 @@ fn message_from(
     receipt_handle: String,
     body: String,
     attrs: &HashMap<String, String>,
+    mut message_attributes: Vec<MessageAttribute>,
 ) -> Message {
+    // In name order: the reply's order is a map's (JSON) or the server's.
+    message_attributes.sort_by(|a, b| a.name.cmp(&b.name));
     Message {
         message_id,
         receipt_handle,
@@ -236,6 +297,11 @@ fn message_from(
         receive_count: attrs
             .get("ApproximateReceiveCount")
             .and_then(|v| v.trim().parse().ok()),
+        attributes: KEPT_ATTRIBUTES
+            .iter()
+            .filter_map(|&n| Some((n, attrs.get(n)?.clone())))
+            .collect(),
+        message_attributes,
     }
 }
 
@@ -263,7 +329,25 @@ fn parse_receive_unchecked(protocol: Protocol, body: &[u8]) -> Result<Vec<Messag
                 .map_err(|e| malformed("ReceiveMessage", json_problem(&e)))?;
             Ok(r.messages
                 .into_iter()
-                .map(|m| message_from(m.message_id, m.receipt_handle, m.body, &m.attributes))
+                .map(|m| {
+                    let attributes = m
+                        .message_attributes
+                        .into_iter()
+                        .map(|(name, a)| MessageAttribute {
+                            name,
+                            data_type: a.data_type,
+                            string_value: a.string_value,
+                            binary_value: a.binary_value,
+                        })
+                        .collect();
+                    message_from(
+                        m.message_id,
+                        m.receipt_handle,
+                        m.body,
+                        &m.attributes,
+                        attributes,
+                    )
+                })
                 .collect())
         }
         Protocol::Query => {
@@ -288,12 +372,26 @@ fn parse_receive_unchecked(protocol: Protocol, body: &[u8]) -> Result<Vec<Messag
                             ))
                         })
                         .collect();
+                    let message_attributes = m
+                        .children_named("MessageAttribute")
+                        .filter_map(|a| {
+                            let value = a.child("Value")?;
+                            let text = |n: &str| value.child(n).map(|c| c.text.clone());
+                            Some(MessageAttribute {
+                                name: a.child("Name")?.text.clone(),
+                                data_type: text("DataType").unwrap_or_default(),
+                                string_value: text("StringValue"),
+                                binary_value: text("BinaryValue"),
+                            })
+                        })
+                        .collect();
                     let body = m.child("Body").map(|b| b.text.clone()).unwrap_or_default();
                     Ok(message_from(
                         field("MessageId")?,
                         field("ReceiptHandle")?,
                         body,
                         &attrs,
+                        message_attributes,
                     ))
                 })
                 .collect()
@@ -645,7 +743,15 @@ mod tests {
 
     #[test]
     fn json_receive_request() {
-        let r = receive_request(Protocol::Json, &queue(), 10, 0, Some(30));
+        let r = receive_request(
+            Protocol::Json,
+            &queue(),
+            &ReceiveParams {
+                max: 10,
+                visibility_timeout: Some(30),
+                ..ReceiveParams::default()
+            },
+        );
         assert_eq!(r.path, "/");
         assert_eq!(r.target.as_deref(), Some("AmazonSQS.ReceiveMessage"));
         let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
@@ -660,7 +766,15 @@ mod tests {
 
     #[test]
     fn query_receive_request() {
-        let r = receive_request(Protocol::Query, &queue(), 7, 20, None);
+        let r = receive_request(
+            Protocol::Query,
+            &queue(),
+            &ReceiveParams {
+                max: 7,
+                wait_seconds: 20,
+                ..ReceiveParams::default()
+            },
+        );
         assert_eq!(r.path, "/000000000000/login-queue");
         assert!(r.target.is_none());
         let pairs: HashMap<String, String> = form_urlencoded::parse(&r.body).into_owned().collect();
@@ -709,6 +823,69 @@ mod tests {
             parse_receive(Protocol::Json, b"<xml/>"),
             Err(SqsError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn metadata_is_asked_for_and_read_in_both_protocols() {
+        let p = ReceiveParams {
+            max: 10,
+            metadata: true,
+            attempt_id: Some("abc"),
+            ..ReceiveParams::default()
+        };
+        let j: serde_json::Value =
+            serde_json::from_slice(&receive_request(Protocol::Json, &queue(), &p).body).unwrap();
+        assert_eq!(j["MessageAttributeNames"], serde_json::json!(["All"]));
+        assert_eq!(j["ReceiveRequestAttemptId"], "abc");
+        assert_eq!(
+            j["MessageSystemAttributeNames"].as_array().unwrap().len(),
+            6
+        );
+        let q = receive_request(Protocol::Query, &queue(), &p);
+        let pairs: HashMap<String, String> = form_urlencoded::parse(&q.body).into_owned().collect();
+        assert_eq!(pairs["MessageAttributeName.1"], "All");
+        assert_eq!(pairs["AttributeName.6"], "SenderId");
+        assert_eq!(pairs["ReceiveRequestAttemptId"], "abc");
+
+        let body = br#"{"Messages":[{"MessageId":"m1","ReceiptHandle":"r1","Body":"{}",
+            "Attributes":{"SentTimestamp":"1670000000123","MessageGroupId":"g1","SequenceNumber":"18849","SenderId":"AIDAEXAMPLE","Other":"x"},
+            "MessageAttributes":{"z":{"DataType":"Number","StringValue":"7"},"a":{"DataType":"Binary","BinaryValue":"AAE="}}}]}"#;
+        let m = &parse_receive(Protocol::Json, body).unwrap()[0];
+        assert_eq!(
+            m.attributes,
+            vec![
+                ("MessageGroupId", "g1".to_string()),
+                ("SequenceNumber", "18849".to_string()),
+                ("SenderId", "AIDAEXAMPLE".to_string())
+            ]
+        );
+        assert_eq!(m.group_id(), Some("g1"));
+        let names: Vec<&str> = m
+            .message_attributes
+            .iter()
+            .map(|a| a.name.as_str())
+            .collect();
+        assert_eq!(names, ["a", "z"]);
+        assert_eq!(
+            m.message_attributes[0].binary_value.as_deref(),
+            Some("AAE=")
+        );
+        assert_eq!(m.message_attributes[1].string_value.as_deref(), Some("7"));
+
+        let xml = br#"<ReceiveMessageResponse><ReceiveMessageResult><Message>
+            <MessageId>m</MessageId><ReceiptHandle>r</ReceiptHandle><Body>{}</Body>
+            <Attribute><Name>MessageGroupId</Name><Value>g2</Value></Attribute>
+            <MessageAttribute><Name>tenant</Name><Value><StringValue>acme</StringValue><DataType>String</DataType></Value></MessageAttribute>
+            </Message></ReceiveMessageResult></ReceiveMessageResponse>"#;
+        let m = &parse_receive(Protocol::Query, xml).unwrap()[0];
+        assert_eq!(m.group_id(), Some("g2"));
+        assert_eq!(m.message_attributes.len(), 1);
+        assert_eq!(m.message_attributes[0].name, "tenant");
+        assert_eq!(m.message_attributes[0].data_type, "String");
+        assert_eq!(
+            m.message_attributes[0].string_value.as_deref(),
+            Some("acme")
+        );
     }
 
     #[test]
