@@ -9,6 +9,10 @@
 //!    become dead letters;
 //! 3. every receipt handle is queued for deletion after COMMIT (`deletes.rs`).
 //!
+//! From receipt to the end of the transaction, the visibility heartbeat
+//! (`visibility.rs`) keeps the messages hidden from other consumers, and on a
+//! rollback may hand them back at once.
+//!
 //! One drain per queue at a time: the queue's row in fetch_etl.queue_locks,
 //! locked as the owner until commit (`postgres/locks.rs`); a drain that
 //! finds it taken returns at once.
@@ -26,7 +30,7 @@ use fetch_etl_core::batch;
 use fetch_etl_core::budget::{MAX_PENDING_DELETE_BYTES, PUMP_HIGH_WATER, STORE_FLUSH_BYTES};
 use fetch_etl_core::contract::OnError;
 use fetch_etl_core::error::{Classified, ErrorKind};
-use fetch_etl_core::sqs::pump::{pump, Held, Outstanding, PumpConfig, PumpEvent};
+use fetch_etl_core::sqs::pump::{pump, Held, OnReceive, Outstanding, PumpConfig, PumpEvent};
 use fetch_etl_core::sqs::queue_url::for_message;
 use fetch_etl_core::sqs::{Client, Message, QueueRef, SqsError};
 
@@ -34,7 +38,7 @@ use crate::postgres::error::{raise, OrRaise};
 use crate::postgres::runs::{self, Counts, Finished, RunRequest};
 use crate::postgres::spi::{extension_owner, in_subxact};
 use crate::postgres::store::Store;
-use crate::postgres::{aws, deletes, locks, runtime, settings};
+use crate::postgres::{aws, deletes, locks, runtime, settings, visibility};
 
 /// What a call returns; `run_id` is None when the call was skipped.
 #[derive(Debug, Default, Clone, Copy)]
@@ -112,6 +116,7 @@ fn run(args: &Args<'_>, owner: pg_sys::Oid, queue: QueueRef) -> Summary {
         client: client.clone(),
         queue_url: args.queue_url,
         run_id,
+        holds: visibility::for_drain(&client, args.visibility_timeout),
     };
 
     let mut summary = Summary {
@@ -156,6 +161,8 @@ struct Ctx<'a> {
     client: Arc<Client>,
     queue_url: &'a str,
     run_id: i64,
+    /// Received messages the heartbeat keeps hidden until the transaction ends.
+    holds: Option<visibility::Holds>,
 }
 
 /// Receives through the pump (`sqs::pump`, a task on the backend's runtime)
@@ -185,7 +192,12 @@ fn receive_loop(
     let client = ctx.client.clone();
     let outstanding: Arc<Outstanding> = Arc::default();
     let o = outstanding.clone();
-    let task = runtime::spawn(async move { pump(&*client, cfg, o, tx).await });
+    // Each reply's messages are held by the heartbeat as soon as it arrives.
+    let on_receive: Box<OnReceive> = match &ctx.holds {
+        Some(holds) => Box::new(holds.on_receive()),
+        None => Box::new(|_, _| {}),
+    };
+    let task = runtime::spawn(async move { pump(&*client, cfg, o, tx, &*on_receive).await });
 
     let mut batch: Vec<Message> = Vec::new();
     let mut held = Held::default();
@@ -209,9 +221,11 @@ fn receive_loop(
             // Stored: the pump may receive that much again.
             held = Held::default();
             last_stored = started.elapsed();
-            if deletes::pending_bytes() >= MAX_PENDING_DELETE_BYTES {
+            if deletes::pending_bytes() >= MAX_PENDING_DELETE_BYTES
+                || ctx.holds.as_ref().is_some_and(|h| h.full())
+            {
                 pgrx::notice!(
-                    "fetch_etl: drain run {} stops after {} messages: one transaction may queue at most {} MiB of deletes; commit and drain again",
+                    "fetch_etl: drain run {} stops after {} messages: one transaction may hold at most {} MiB of receipt handles; commit and drain again",
                     ctx.run_id,
                     summary.counts.received,
                     MAX_PENDING_DELETE_BYTES >> 20
@@ -241,6 +255,9 @@ fn store_batch(ctx: &mut Ctx<'_>, msgs: Vec<Message>, summary: &mut Summary) {
         &mut summary.counts,
     );
     // Every stored message is deleted after COMMIT; a deferred one stays.
+    if let Some(holds) = &ctx.holds {
+        holds.forget(&deferred);
+    }
     let handles: Vec<String> = msgs
         .iter()
         .filter(|m| !deferred.contains(&m.message_id))

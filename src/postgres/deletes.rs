@@ -1,7 +1,8 @@
 //! Deleting drained messages from SQS only after their rows are durable.
 //!
 //! `sqs_drain` queues the receipt handles of every message it stored (loaded,
-//! dead-lettered or recognised as a duplicate). Transaction callbacks then:
+//! dead-lettered or recognised as a duplicate). The transaction callbacks
+//! (`xact.rs`) then:
 //!
 //! - before COMMIT, force a synchronous commit (`ForceSyncCommit`), whatever
 //!   the session's `synchronous_commit`: the commit record is on disk before
@@ -22,14 +23,13 @@
 //!   subtransaction (their rows are gone too).
 //! - on PREPARE TRANSACTION, refuse: the commit would happen elsewhere.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{self, StreamExt};
 use pgrx::pg_sys;
-use pgrx::prelude::*;
 
 use fetch_etl_core::error::ErrorKind;
 use fetch_etl_core::settings as defs;
@@ -48,7 +48,6 @@ struct Pending {
 
 thread_local! {
     static PENDING: RefCell<Vec<Pending>> = const { RefCell::new(Vec::new()) };
-    static REGISTERED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Queues `handles` for deletion when the current transaction commits.
@@ -56,13 +55,7 @@ pub(crate) fn after_commit(client: Arc<Client>, handles: Vec<String>) {
     if handles.is_empty() {
         return;
     }
-    if !REGISTERED.with(|r| r.replace(true)) {
-        // SAFETY: permanent callbacks with static lifetime, registered once per backend.
-        unsafe {
-            pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut());
-            pg_sys::RegisterSubXactCallback(Some(subxact_callback), std::ptr::null_mut());
-        }
-    }
+    super::xact::register();
     // SAFETY: reads the current subtransaction id.
     let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
     PENDING.with(|p| {
@@ -95,55 +88,47 @@ fn take_all() -> Vec<Pending> {
     PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()))
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn xact_callback(
-    event: pg_sys::XactEvent::Type,
-    _arg: *mut std::ffi::c_void,
-) {
-    use pg_sys::XactEvent::*;
-    match event {
-        XACT_EVENT_PRE_COMMIT if pending_count() > 0 => {
-            // SAFETY: sets a flag RecordTransactionCommit reads later in this commit.
-            unsafe { pg_sys::ForceSyncCommit() };
-        }
-        XACT_EVENT_COMMIT => {
-            let pending = take_all();
-            if !pending.is_empty() {
-                // Nothing may escape from here: the transaction is committed.
-                let _ = std::panic::catch_unwind(AssertUnwindSafe(|| after_commit_now(pending)));
-            }
-        }
-        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
-            take_all();
-        }
-        XACT_EVENT_PRE_PREPARE if pending_count() > 0 => {
-            take_all();
-            raise_with_hint(
-                ErrorKind::NotInPrerequisiteState,
-                "cannot PREPARE a transaction that ran fetch_etl.sqs_drain",
-                "Messages are deleted from SQS when the draining transaction commits; run the drain in an ordinary transaction.",
-            );
-        }
-        _ => {}
+/// Before COMMIT (`xact.rs`): a transaction that queued deletes commits
+/// synchronously.
+pub(crate) fn before_commit() {
+    if pending_count() > 0 {
+        // SAFETY: sets a flag RecordTransactionCommit reads later in this commit.
+        unsafe { pg_sys::ForceSyncCommit() };
     }
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn subxact_callback(
-    event: pg_sys::SubXactEvent::Type,
-    my_subid: pg_sys::SubTransactionId,
-    _parent: pg_sys::SubTransactionId,
-    _arg: *mut std::ffi::c_void,
-) {
-    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
-        // Subtransaction ids grow within a transaction: everything queued in the
-        // aborted subtransaction or its children has an id >= my_subid.
-        PENDING.with(|p| {
-            if let Ok(mut p) = p.try_borrow_mut() {
-                p.retain(|x| x.subxact < my_subid);
-            }
-        });
+/// After COMMIT: the deletes. Never raises.
+pub(crate) fn at_commit() {
+    let pending = take_all();
+    if !pending.is_empty() {
+        // Nothing may escape from here: the transaction is committed.
+        let _ = std::panic::catch_unwind(AssertUnwindSafe(|| after_commit_now(pending)));
     }
+}
+
+/// Before PREPARE TRANSACTION: refused if deletes are queued.
+pub(crate) fn before_prepare() {
+    if pending_count() > 0 {
+        take_all();
+        raise_with_hint(
+            ErrorKind::NotInPrerequisiteState,
+            "cannot PREPARE a transaction that ran fetch_etl.sqs_drain",
+            "Messages are deleted from SQS when the draining transaction commits; run the drain in an ordinary transaction.",
+        );
+    }
+}
+
+/// ROLLBACK (None) or ROLLBACK TO SAVEPOINT of subtransaction `from`: what
+/// was queued there is forgotten.
+pub(crate) fn at_abort(from: Option<pg_sys::SubTransactionId>) {
+    PENDING.with(|p| {
+        if let Ok(mut p) = p.try_borrow_mut() {
+            match from {
+                None => p.clear(),
+                Some(id) => p.retain(|x| x.subxact < id),
+            }
+        }
+    });
 }
 
 /// The post-commit work: the standby wait if asked for, then the deletes,
@@ -298,7 +283,7 @@ fn delete_now(pending: Vec<Pending>, deadline: Instant, total: usize) {
     let work = stream::iter(chunks)
         .map(|(client, entries)| async move {
             match client.delete_batch(&entries).await {
-                Ok(outcome) => (outcome.deleted.len(), outcome.failed.len(), None),
+                Ok(outcome) => (outcome.succeeded.len(), outcome.failed.len(), None),
                 Err(e) => (0, entries.len(), Some(client.redact(&e.to_string()))),
             }
         })

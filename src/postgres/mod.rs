@@ -1,7 +1,8 @@
 //! Glue that only talks to PostgreSQL: errors and SQLSTATEs, settings,
 //! SPI helpers, the key store, the target table's catalog entry, the store
-//! path's statements, run records, transaction callbacks and the per-backend
-//! async runtime. Decisions are `fetch_etl_core`'s.
+//! path's statements, run records, transaction callbacks, the per-backend
+//! async runtime and the visibility heartbeat's callbacks. Decisions are
+//! `fetch_etl_core`'s.
 
 pub(crate) mod aws;
 pub(crate) mod deletes;
@@ -14,3 +15,5 @@ pub(crate) mod settings;
 pub(crate) mod spi;
 pub(crate) mod store;
 pub(crate) mod target;
+pub(crate) mod visibility;
+pub(crate) mod xact;

@@ -1,7 +1,10 @@
 //! Async I/O inside a backend: one current-thread tokio runtime and one HTTP
-//! client (connection pool) per backend, created on first use. No thread is
-//! started: everything runs on the backend's own thread, only while it waits
-//! in `block_on_interruptible` (or `block_on_bounded`).
+//! client (connection pool) per backend, created on first use. Everything
+//! runs on the backend's own thread, only while it waits in
+//! `block_on_interruptible` (or `block_on_bounded`), except name lookups:
+//! tokio runs getaddrinfo on short-lived helper threads, which block every
+//! signal from their first instruction on (a signal PostgreSQL sends this
+//! backend, a cancel or a latch wakeup, must reach the backend's thread).
 //!
 //! The receive pump (`sqs::pump`) is a task on this runtime: its calls stay in
 //! flight and their replies land in the socket buffers while the backend
@@ -26,6 +29,7 @@ use pgrx::pg_sys;
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 
+use fetch_etl_core::sqs::heartbeat::block_all_signals;
 use fetch_etl_core::sqs::transport::{http_client, Guard, HttpTransport};
 use fetch_etl_core::sqs::SqsError;
 
@@ -34,6 +38,7 @@ const SLICE: Duration = Duration::from_millis(100);
 thread_local! {
     static RUNTIME: Runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .on_thread_start(block_all_signals)
         .build()
         .expect("a current-thread tokio runtime");
     static HTTP: std::cell::OnceCell<Result<HttpTransport, SqsError>> = const { std::cell::OnceCell::new() };
@@ -153,4 +158,43 @@ where
     F::Output: Send + 'static,
 {
     RUNTIME.with(|rt| Task(Some(rt.spawn(fut))))
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use fetch_etl_core::sqs::heartbeat::blocked_signals;
+    use pgrx::prelude::*;
+
+    /// Every thread of the backend but its own blocks the signals
+    /// PostgreSQL uses (SIGINT: cancel, SIGUSR1: procsignals, SIGURG: latch
+    /// wakeups, SIGALRM: timeouts, SIGTERM): one that did not could take a
+    /// cancel or a latch wakeup meant for the backend (SIGURG, which the
+    /// backend blocks and reads from a signalfd, would be lost).
+    #[pg_test]
+    fn signals_never_reach_helper_threads() {
+        // a name lookup starts one of tokio's helper threads
+        let found = super::block_on_interruptible(tokio::net::lookup_host(("localhost", 1)))
+            .map(|a| a.count())
+            .unwrap_or(0);
+        assert!(found > 0);
+        let main = std::process::id().to_string();
+        let mut helpers = 0;
+        for task in std::fs::read_dir("/proc/self/task").unwrap() {
+            let task = task.unwrap().file_name().into_string().unwrap();
+            if task == main {
+                continue;
+            }
+            helpers += 1;
+            let blocked = blocked_signals(task.parse().unwrap()).unwrap();
+            for sig in [2u32, 10, 14, 15, 23] {
+                assert_ne!(
+                    blocked & (1 << (sig - 1)),
+                    0,
+                    "thread {task} takes signal {sig}: {blocked:x}"
+                );
+            }
+        }
+        assert!(helpers > 0, "the lookup ran on a helper thread");
+    }
 }

@@ -15,6 +15,7 @@ use fetch_etl_core::envelope::Envelopes;
 use fetch_etl_core::settings::{
     self as defs, Access, EnumSetting, IntSetting, StringSetting, Unit,
 };
+use fetch_etl_core::sqs::heartbeat::{HoldRules, MIN_EXTENSION};
 use fetch_etl_core::sqs::Protocol;
 
 type StringGuc = GucSetting<Option<CString>>;
@@ -45,6 +46,10 @@ static MAX_BODY_BYTES: GucSetting<i32> = GucSetting::<i32>::new(defs::MAX_BODY_B
 static HTTP_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(defs::HTTP_TIMEOUT.default);
 static HTTP_MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(defs::HTTP_MAX_ATTEMPTS.default);
 static DELETE_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(defs::DELETE_TIMEOUT.default);
+static VISIBILITY_EXTENSION_LIMIT: GucSetting<i32> =
+    GucSetting::<i32>::new(defs::VISIBILITY_EXTENSION_LIMIT.default);
+static VISIBILITY_ON_ROLLBACK: GucSetting<i32> =
+    GucSetting::<i32>::new(defs::VISIBILITY_ON_ROLLBACK.default);
 
 /// `fetch_etl.sqs_protocol`. The GUC needs its own enum (pgrx derives the
 /// catalog of values from it); [`sqs_protocol`] maps it to the client's.
@@ -115,6 +120,7 @@ fn define_int(def: &IntSetting, guc: &'static GucSetting<i32>) {
         Unit::None => GucFlags::default(),
         Unit::Bytes => GucFlags::UNIT_BYTE,
         Unit::Milliseconds => GucFlags::UNIT_MS,
+        Unit::Seconds => GucFlags::UNIT_S,
     };
     GucRegistry::define_int_guc(
         def.name,
@@ -166,6 +172,11 @@ pub(crate) fn init() {
     define_int(&defs::HTTP_TIMEOUT, &HTTP_TIMEOUT);
     define_int(&defs::HTTP_MAX_ATTEMPTS, &HTTP_MAX_ATTEMPTS);
     define_int(&defs::DELETE_TIMEOUT, &DELETE_TIMEOUT);
+    define_int(
+        &defs::VISIBILITY_EXTENSION_LIMIT,
+        &VISIBILITY_EXTENSION_LIMIT,
+    );
+    define_int(&defs::VISIBILITY_ON_ROLLBACK, &VISIBILITY_ON_ROLLBACK);
     // SAFETY: reserves the prefix so typos in fetch_etl.* settings are reported.
     #[cfg(any(feature = "pg15", feature = "pg16", feature = "pg17", feature = "pg18"))]
     unsafe {
@@ -259,6 +270,19 @@ pub(crate) fn http_max_attempts() -> u32 {
 
 pub(crate) fn delete_timeout() -> Duration {
     millis(&defs::DELETE_TIMEOUT, &DELETE_TIMEOUT)
+}
+
+/// `fetch_etl.visibility_extension_limit` and `fetch_etl.visibility_on_rollback`.
+pub(crate) fn hold_rules() -> HoldRules {
+    let back = int(&defs::VISIBILITY_ON_ROLLBACK, &VISIBILITY_ON_ROLLBACK);
+    HoldRules {
+        limit: millis(
+            &defs::VISIBILITY_EXTENSION_LIMIT,
+            &VISIBILITY_EXTENSION_LIMIT,
+        ),
+        on_rollback: u32::try_from(back).ok(),
+        floor: MIN_EXTENSION,
+    }
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -323,6 +323,8 @@ def test_lock_a_ledger_wait_behind_an_open_transaction_is_bounded(db, aws_key, s
     for c in (a, b):
         set_credentials(c, aws_key)
         c.execute(USER_LOGINS_DDL)
+    # (with the heartbeat on, A keeps them hidden and B never receives them)
+    a.execute("SET fetch_etl.visibility_extension_limit = 0")
     a.autocommit = False
     assert counts(drain(a, url, visibility_timeout=VIS))[1] == 10
     time.sleep(VIS + 0.5)

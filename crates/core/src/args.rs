@@ -5,7 +5,8 @@ use crate::error::{Classified, ErrorKind};
 
 /// SQS allows long polls of 0 to 20 seconds.
 pub const MAX_WAIT_SECONDS: i32 = 20;
-/// SQS allows visibility timeouts of 0 to 12 hours.
+/// SQS allows visibility timeouts of 0 to 12 hours, and keeps a received
+/// message hidden for at most 12 hours in all, however often it is extended.
 pub const MAX_VISIBILITY_TIMEOUT: i32 = 43_200;
 
 /// An argument out of its bounds.

@@ -10,7 +10,9 @@
 //!   arrays): the drain stores a batch at `fetch_etl.batch_size` messages or
 //!   [`STORE_FLUSH_BYTES`] bytes, whichever comes first;
 //! - the receipt handles queued for deletion after COMMIT: at most
-//!   [`MAX_PENDING_DELETE_BYTES`] per transaction.
+//!   [`MAX_PENDING_DELETE_BYTES`] per transaction;
+//! - the visibility heartbeat's copy of them: at most [`MAX_HELD_BYTES`] per
+//!   backend.
 //!
 //! [`worst_case_bytes`] adds these up; a test keeps it under 256 MiB at the
 //! default concurrency limit, and the e2e test `test_memory_*` measures it.
@@ -29,9 +31,14 @@ pub const PUMP_HIGH_WATER: usize = 16 * 1024 * 1024;
 pub const STORE_FLUSH_BYTES: usize = 8 * 1024 * 1024;
 
 /// Receipt handles a transaction may queue for deletion after COMMIT (about
-/// 80,000 messages of AWS-length handles). A drain that reaches it stops
+/// 30,000 messages of AWS-length handles). A drain that reaches it stops
 /// receiving, as at max_messages: commit, and the next drain goes on.
-pub const MAX_PENDING_DELETE_BYTES: usize = 32 * 1024 * 1024;
+pub const MAX_PENDING_DELETE_BYTES: usize = 16 * 1024 * 1024;
+
+/// The visibility heartbeat's registry of held messages (receipt handles and
+/// bookkeeping). A drain that fills it stops receiving, as above; holds past
+/// it are not extended.
+pub const MAX_HELD_BYTES: usize = 16 * 1024 * 1024;
 
 /// The longest receipt handle and message id accepted (AWS: 1,024 and 100).
 pub const MAX_RECEIPT_HANDLE_BYTES: usize = 1024;
@@ -49,6 +56,7 @@ pub const fn worst_case_bytes(concurrency: usize) -> usize {
         + PUMP_HIGH_WATER
         + STORE_COPIES * STORE_FLUSH_BYTES
         + MAX_PENDING_DELETE_BYTES
+        + MAX_HELD_BYTES
 }
 
 #[cfg(test)]

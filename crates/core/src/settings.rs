@@ -20,6 +20,7 @@ pub enum Unit {
     None,
     Bytes,
     Milliseconds,
+    Seconds,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -283,6 +284,28 @@ pub const DELETE_AFTER: EnumSetting = EnumSetting {
     access: Access::Anyone,
 };
 
+pub const VISIBILITY_EXTENSION_LIMIT: IntSetting = IntSetting {
+    name: c"fetch_etl.visibility_extension_limit",
+    short: c"Longest time, from receipt, that a drain keeps extending the visibility of the messages it holds until COMMIT (0: no extensions).",
+    long: c"At most 12 h, SQS's own limit. Past it, held messages become visible to other consumers again; the ledger still loads them once.",
+    default: 3_600_000,
+    min: 0,
+    max: crate::args::MAX_VISIBILITY_TIMEOUT * 1000,
+    unit: Unit::Milliseconds,
+    access: Access::Anyone,
+};
+
+pub const VISIBILITY_ON_ROLLBACK: IntSetting = IntSetting {
+    name: c"fetch_etl.visibility_on_rollback",
+    short: c"Visibility timeout given to a drain's received messages when its transaction rolls back (-1: leave it, they come back when it ends).",
+    long: c"0 makes them visible again at once; a positive value is a backoff delay. Taken when the drain runs.",
+    default: -1,
+    min: -1,
+    max: crate::args::MAX_VISIBILITY_TIMEOUT,
+    unit: Unit::Seconds,
+    access: Access::Anyone,
+};
+
 /// SQS's limit on a message (body and attributes): 1 MiB.
 pub const SQS_MAX_BODY_BYTES: i32 = 1024 * 1024;
 
@@ -307,6 +330,8 @@ pub const INTS: &[IntSetting] = &[
     HTTP_MAX_ATTEMPTS,
     DELETE_TIMEOUT,
     LEDGER_WAIT_TIMEOUT,
+    VISIBILITY_EXTENSION_LIMIT,
+    VISIBILITY_ON_ROLLBACK,
 ];
 
 /// Every setting's name, in documentation order.

@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime};
 
 use super::retry::{Attempts, Decision, RetryBudget, RetryClass, RetryPolicy};
 use super::transport::{HttpReply, HttpRequest, HttpTransport, Transport};
-use super::wire::{self, WireRequest};
-use super::{signer, DeleteOutcome, Message, Protocol, QueueRef, SqsError};
+use super::wire::{self, BatchAction, WireRequest};
+use super::{signer, BatchOutcome, Message, Protocol, QueueRef, SqsError};
 use crate::credentials::cache::CurrentCredentials;
 use crate::settings;
 
@@ -52,7 +52,7 @@ pub struct Client<T = HttpTransport> {
     known: Mutex<Option<Protocol>>,
     /// One retry budget per kind of call, so that retries spent while
     /// receiving never starve the deletes after COMMIT.
-    budgets: [RetryBudget; 3],
+    budgets: [RetryBudget; 4],
     rng: Mutex<fastrand::Rng>,
 }
 
@@ -62,6 +62,7 @@ enum Op {
     Receive = 0,
     Delete = 1,
     Attributes = 2,
+    Visibility = 3,
 }
 
 /// How one exchange ended.
@@ -101,6 +102,30 @@ impl<T: Transport> Client<T> {
 
     pub fn queue(&self) -> &QueueRef {
         &self.queue
+    }
+
+    /// The same queue, configuration and known protocol over another
+    /// transport and credentials (with fresh retry budgets): for calls made
+    /// from another thread's runtime.
+    pub fn rebind<U: Transport>(
+        &self,
+        transport: U,
+        creds: Arc<dyn CurrentCredentials>,
+    ) -> Client<U> {
+        Client::new(
+            transport,
+            self.cfg.clone(),
+            creds,
+            self.region.clone(),
+            self.queue.clone(),
+            self.protocol(),
+        )
+    }
+
+    /// The credentials requests are signed with now (resolved or refreshed
+    /// if needed).
+    pub async fn credentials(&self) -> Result<super::Credentials, SqsError> {
+        self.creds.current().await
     }
 
     /// The protocol in use, once known.
@@ -154,23 +179,37 @@ impl<T: Transport> Client<T> {
         (0..32).map(|_| rng.alphanumeric()).collect()
     }
 
-    /// DeleteMessageBatch of up to 10 `(id, receipt handle)` pairs. An entry
-    /// the reply neither confirms nor refuses counts as failed
-    /// (`NotAcknowledged`); ids it names that were not sent are ignored.
+    /// DeleteMessageBatch of up to 10 `(id, receipt handle)` pairs (see
+    /// [`Client::batch`]).
     pub async fn delete_batch(
         &self,
         entries: &[(String, String)],
-    ) -> Result<DeleteOutcome, SqsError> {
+    ) -> Result<BatchOutcome, SqsError> {
+        self.batch(BatchAction::Delete, entries).await
+    }
+
+    /// `action` on up to 10 `(id, receipt handle)` pairs. An entry the reply
+    /// neither confirms nor refuses counts as failed (`NotAcknowledged`); ids
+    /// it names that were not sent are ignored.
+    pub async fn batch(
+        &self,
+        action: BatchAction,
+        entries: &[(String, String)],
+    ) -> Result<BatchOutcome, SqsError> {
         let q = &self.queue;
+        let op = match action {
+            BatchAction::Delete => Op::Delete,
+            BatchAction::ChangeVisibility { .. } => Op::Visibility,
+        };
         let reply = self
             .call(
-                Op::Delete,
-                |p| wire::delete_batch_request(p, q, entries),
-                wire::parse_delete_batch,
+                op,
+                |p| wire::batch_request(p, q, action, entries),
+                |p, body| wire::parse_batch(action, p, body),
                 Duration::ZERO,
             )
             .await?;
-        Ok(account_deletes(entries, reply))
+        Ok(account_batch(entries, reply))
     }
 
     /// GetQueueAttributes.
@@ -339,14 +378,14 @@ impl<T: Transport> Client<T> {
     }
 }
 
-/// What a DeleteMessageBatch reply means for the entries sent.
-fn account_deletes(entries: &[(String, String)], reply: DeleteOutcome) -> DeleteOutcome {
+/// What a batch call's reply means for the entries sent.
+fn account_batch(entries: &[(String, String)], reply: BatchOutcome) -> BatchOutcome {
     let sent: std::collections::HashSet<&str> = entries.iter().map(|(id, _)| id.as_str()).collect();
     let mut seen = std::collections::HashSet::new();
-    let mut out = DeleteOutcome::default();
-    for id in reply.deleted {
+    let mut out = BatchOutcome::default();
+    for id in reply.succeeded {
         if sent.contains(id.as_str()) && seen.insert(id.clone()) {
-            out.deleted.push(id);
+            out.succeeded.push(id);
         }
     }
     for (id, code) in reply.failed {
@@ -632,7 +671,7 @@ mod tests {
             reply(200, r#"{"Successful":[{"Id":"0"}],"Failed":[]}"#),
         ]);
         let out = run(c.delete_batch(&[("0".into(), "h".into())])).unwrap();
-        assert_eq!(out.deleted.len(), 1);
+        assert_eq!(out.succeeded.len(), 1);
         assert_eq!(fake.requests().len(), before + 2);
     }
 
@@ -671,7 +710,7 @@ mod tests {
         let entries: Vec<(String, String)> =
             (0..3).map(|i| (i.to_string(), format!("h{i}"))).collect();
         let out = run(c.delete_batch(&entries)).unwrap();
-        assert_eq!(out.deleted, vec!["0".to_string()], "9 was never sent");
+        assert_eq!(out.succeeded, vec!["0".to_string()], "9 was never sent");
         assert_eq!(
             out.failed,
             vec![

@@ -10,9 +10,11 @@
 //! - `retry`: named retry classes, backoff, Retry-After, the retry budget.
 //! - `client`: an operation = protocol choice + retries over the transport.
 //! - `pump`: concurrent ReceiveMessage calls feeding a bounded channel.
+//! - `heartbeat`: a thread that extends the visibility of held messages.
 
 pub mod client;
 pub mod endpoint;
+pub mod heartbeat;
 pub mod pump;
 pub mod queue_url;
 pub mod retry;
@@ -168,13 +170,13 @@ pub struct MessageAttribute {
     pub binary_value: Option<String>,
 }
 
-/// Result of a DeleteMessageBatch call.
+/// Result of a batch call (DeleteMessageBatch, ChangeMessageVisibilityBatch).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DeleteOutcome {
+pub struct BatchOutcome {
     /// Entry ids SQS confirmed.
-    pub deleted: Vec<String>,
+    pub succeeded: Vec<String>,
     /// (entry id, error code) of entries SQS refused, or did not mention
-    /// (code `NotAcknowledged`): these messages come back.
+    /// (code `NotAcknowledged`).
     pub failed: Vec<(String, String)>,
 }
 

@@ -14,6 +14,7 @@ use std::pin::Pin;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, Notify};
@@ -153,8 +154,14 @@ pub struct PumpStats {
     pub oversized: u32,
 }
 
+/// One ReceiveMessage call: (messages asked for, long poll, made at, reply).
 type Call<'a> =
-    Pin<Box<dyn Future<Output = (u32, bool, Result<Vec<Message>, SqsError>)> + Send + 'a>>;
+    Pin<Box<dyn Future<Output = (u32, bool, Instant, Result<Vec<Message>, SqsError>)> + Send + 'a>>;
+
+/// Called with every reply's messages as soon as it arrives, and when the
+/// call that brought them was made (SQS started their visibility timeout no
+/// earlier): the visibility heartbeat holds them from then on.
+pub type OnReceive = dyn Fn(&[Message], Instant) + Send + Sync;
 
 /// Runs until the queue looks empty, `max_messages` came in, an error stopped
 /// it, or the consumer went away (the receiver was dropped).
@@ -163,6 +170,7 @@ pub async fn pump<R: Receive>(
     cfg: PumpConfig,
     outstanding: Arc<Outstanding>,
     tx: mpsc::Sender<PumpEvent>,
+    on_receive: &OnReceive,
 ) -> PumpStats {
     let mut inflight: FuturesUnordered<Call<'_>> = FuturesUnordered::new();
     let mut requested: u64 = 0;
@@ -183,8 +191,14 @@ pub async fn pump<R: Receive>(
         {
             let n = (cfg.max_messages - stats.received - requested).min(per_call) as u32;
             requested += n as u64;
+            let at = Instant::now();
             inflight.push(Box::pin(async move {
-                (n, false, source.receive(n, 0, cfg.visibility_timeout).await)
+                (
+                    n,
+                    false,
+                    at,
+                    source.receive(n, 0, cfg.visibility_timeout).await,
+                )
             }));
         }
         if inflight.is_empty() {
@@ -207,15 +221,17 @@ pub async fn pump<R: Receive>(
             let n = (cfg.max_messages - stats.received).min(per_call) as u32;
             requested += n as u64;
             let wait = cfg.wait_seconds;
+            let at = Instant::now();
             inflight.push(Box::pin(async move {
                 (
                     n,
                     true,
+                    at,
                     source.receive(n, wait, cfg.visibility_timeout).await,
                 )
             }));
         }
-        let Some((n, was_long_poll, result)) = inflight.next().await else {
+        let Some((n, was_long_poll, asked_at, result)) = inflight.next().await else {
             continue;
         };
         requested -= n as u64;
@@ -227,6 +243,7 @@ pub async fn pump<R: Receive>(
                     looks_empty = false;
                 }
                 stats.received += msgs.len() as u64;
+                on_receive(&msgs, asked_at);
                 let held = outstanding.hold(msgs.iter().map(message_bytes).sum());
                 if tx.send(PumpEvent::Messages(msgs, held)).await.is_err() {
                     return stats; // the consumer is gone
@@ -318,7 +335,7 @@ mod tests {
             .unwrap();
         rt.block_on(async {
             let (tx, mut rx) = mpsc::channel(1000);
-            let stats = pump(script, cfg, Arc::default(), tx).await;
+            let stats = pump(script, cfg, Arc::default(), tx, &|_, _| {}).await;
             let mut events = Vec::new();
             while let Ok(e) = rx.try_recv() {
                 events.push(e);
@@ -341,13 +358,45 @@ mod tests {
         events
             .iter()
             .map(|e| {
-                if let PumpEvent::Messages(m, _) = e {
+                if let PumpEvent::Messages(m, ..) = e {
                     m.len()
                 } else {
                     0
                 }
             })
             .sum()
+    }
+
+    #[test]
+    fn every_reply_is_announced_with_the_time_its_call_was_made() {
+        let s = Script::new(vec![Ok(10), Ok(3)]);
+        let seen: Arc<Mutex<Vec<(usize, Instant)>>> = Arc::default();
+        let announced = seen.clone();
+        let before = Instant::now();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let delivered = rt.block_on(async {
+            let (tx, mut rx) = mpsc::channel(1000);
+            let on_receive =
+                move |m: &[Message], at: Instant| announced.lock().unwrap().push((m.len(), at));
+            pump(&s, cfg(100, 1, 0), Arc::default(), tx, &on_receive).await;
+            let mut n = 0;
+            while let Ok(PumpEvent::Messages(m, _)) = rx.try_recv() {
+                n += m.len();
+            }
+            n
+        });
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(
+            seen.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            vec![&10, &3]
+        );
+        assert_eq!(delivered, 13);
+        assert!(seen
+            .iter()
+            .all(|(_, at)| *at >= before && *at <= Instant::now()));
     }
 
     #[test]
@@ -452,7 +501,10 @@ mod tests {
                 }
                 (peak, got)
             };
-            let (_, r) = tokio::join!(pump(&s, config, outstanding.clone(), tx), consumer);
+            let (_, r) = tokio::join!(
+                pump(&s, config, outstanding.clone(), tx, &|_, _| {}),
+                consumer
+            );
             assert_eq!(outstanding.bytes(), 0, "everything given back");
             r
         });

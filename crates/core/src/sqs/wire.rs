@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use quick_xml::events::Event;
 use serde::Deserialize;
 
-use super::{DeleteOutcome, Message, MessageAttribute, Protocol, QueueRef, SqsError};
+use super::{BatchOutcome, Message, MessageAttribute, Protocol, QueueRef, SqsError};
 use crate::budget;
 
 pub const QUERY_API_VERSION: &str = "2012-11-05";
@@ -141,36 +141,87 @@ pub fn receive_request(protocol: Protocol, queue: &QueueRef, p: &ReceiveParams<'
     }
 }
 
-/// DeleteMessageBatch of up to 10 `(entry id, receipt handle)` pairs.
-pub fn delete_batch_request(
+/// A batch call on up to 10 received messages, by receipt handle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchAction {
+    /// DeleteMessageBatch.
+    Delete,
+    /// ChangeMessageVisibilityBatch: each message becomes visible again in
+    /// this many seconds (0: at once), counted from when SQS gets the call.
+    ChangeVisibility { seconds: u32 },
+}
+
+impl BatchAction {
+    /// The action's name on the wire.
+    pub fn name(self) -> &'static str {
+        match self {
+            BatchAction::Delete => "DeleteMessageBatch",
+            BatchAction::ChangeVisibility { .. } => "ChangeMessageVisibilityBatch",
+        }
+    }
+
+    /// Query protocol: the request entries' prefix, and the reply's result
+    /// element and success entry.
+    fn query_names(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            BatchAction::Delete => (
+                "DeleteMessageBatchRequestEntry",
+                "DeleteMessageBatchResult",
+                "DeleteMessageBatchResultEntry",
+            ),
+            BatchAction::ChangeVisibility { .. } => (
+                "ChangeMessageVisibilityBatchRequestEntry",
+                "ChangeMessageVisibilityBatchResult",
+                "ChangeMessageVisibilityBatchResultEntry",
+            ),
+        }
+    }
+
+    fn seconds(self) -> Option<u32> {
+        match self {
+            BatchAction::Delete => None,
+            BatchAction::ChangeVisibility { seconds } => Some(seconds),
+        }
+    }
+}
+
+/// `action` on up to 10 `(entry id, receipt handle)` pairs.
+pub fn batch_request(
     protocol: Protocol,
     queue: &QueueRef,
+    action: BatchAction,
     entries: &[(String, String)],
 ) -> WireRequest {
+    let seconds = action.seconds();
     match protocol {
         Protocol::Json => {
             let entries: Vec<_> = entries
                 .iter()
-                .map(|(id, handle)| serde_json::json!({"Id": id, "ReceiptHandle": handle}))
+                .map(|(id, handle)| {
+                    let mut e = serde_json::json!({"Id": id, "ReceiptHandle": handle});
+                    if let Some(s) = seconds {
+                        e["VisibilityTimeout"] = s.into();
+                    }
+                    e
+                })
                 .collect();
             json_request(
-                "DeleteMessageBatch",
+                action.name(),
                 serde_json::json!({"QueueUrl": queue.queue_url, "Entries": entries}),
             )
         }
         Protocol::Query => {
-            let mut params = Vec::with_capacity(entries.len() * 2);
+            let (prefix, _, _) = action.query_names();
+            let mut params = Vec::with_capacity(entries.len() * 3);
             for (i, (id, handle)) in entries.iter().enumerate() {
-                params.push((
-                    format!("DeleteMessageBatchRequestEntry.{}.Id", i + 1),
-                    id.clone(),
-                ));
-                params.push((
-                    format!("DeleteMessageBatchRequestEntry.{}.ReceiptHandle", i + 1),
-                    handle.clone(),
-                ));
+                let n = i + 1;
+                params.push((format!("{prefix}.{n}.Id"), id.clone()));
+                params.push((format!("{prefix}.{n}.ReceiptHandle"), handle.clone()));
+                if let Some(s) = seconds {
+                    params.push((format!("{prefix}.{n}.VisibilityTimeout"), s.to_string()));
+                }
             }
-            query_request(queue, "DeleteMessageBatch", &params)
+            query_request(queue, action.name(), &params)
         }
     }
 }
@@ -226,7 +277,7 @@ struct JsonMessageAttribute {
 }
 
 #[derive(Deserialize)]
-struct JsonDeleteBatch {
+struct JsonBatch {
     #[serde(rename = "Successful", default)]
     successful: Vec<JsonBatchOk>,
     #[serde(rename = "Failed", default)]
@@ -399,25 +450,31 @@ fn parse_receive_unchecked(protocol: Protocol, body: &[u8]) -> Result<Vec<Messag
     }
 }
 
-/// Outcome of a successful DeleteMessageBatch reply.
-pub fn parse_delete_batch(protocol: Protocol, body: &[u8]) -> Result<DeleteOutcome, SqsError> {
+/// Outcome of a successful reply to a batch call.
+pub fn parse_batch(
+    action: BatchAction,
+    protocol: Protocol,
+    body: &[u8],
+) -> Result<BatchOutcome, SqsError> {
+    let what = action.name();
     match protocol {
         Protocol::Json => {
-            let r: JsonDeleteBatch = serde_json::from_slice(body)
-                .map_err(|e| malformed("DeleteMessageBatch", json_problem(&e)))?;
-            Ok(DeleteOutcome {
-                deleted: r.successful.into_iter().map(|s| s.id).collect(),
+            let r: JsonBatch =
+                serde_json::from_slice(body).map_err(|e| malformed(what, json_problem(&e)))?;
+            Ok(BatchOutcome {
+                succeeded: r.successful.into_iter().map(|s| s.id).collect(),
                 failed: r.failed.into_iter().map(|f| (f.id, f.code)).collect(),
             })
         }
         Protocol::Query => {
+            let (_, result_name, ok_name) = action.query_names();
             let root = XmlElement::parse(body)?;
             let result = root
-                .child("DeleteMessageBatchResult")
-                .ok_or_else(|| malformed("DeleteMessageBatch", "no DeleteMessageBatchResult"))?;
-            Ok(DeleteOutcome {
-                deleted: result
-                    .children_named("DeleteMessageBatchResultEntry")
+                .child(result_name)
+                .ok_or_else(|| malformed(what, format!("no {result_name}")))?;
+            Ok(BatchOutcome {
+                succeeded: result
+                    .children_named(ok_name)
                     .map(|e| e.child("Id").map(|c| c.text.clone()).unwrap_or_default())
                     .collect(),
                 failed: result
@@ -792,11 +849,12 @@ mod tests {
             ("0".to_string(), "h+0/=&".to_string()),
             ("1".to_string(), "h1".to_string()),
         ];
-        let v: serde_json::Value =
-            serde_json::from_slice(&delete_batch_request(Protocol::Json, &queue(), &entries).body)
-                .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(
+            &batch_request(Protocol::Json, &queue(), BatchAction::Delete, &entries).body,
+        )
+        .unwrap();
         assert_eq!(v["Entries"][0]["ReceiptHandle"], "h+0/=&");
-        let q = delete_batch_request(Protocol::Query, &queue(), &entries);
+        let q = batch_request(Protocol::Query, &queue(), BatchAction::Delete, &entries);
         let pairs: HashMap<String, String> = form_urlencoded::parse(&q.body).into_owned().collect();
         assert_eq!(pairs["Action"], "DeleteMessageBatch");
         assert_eq!(
@@ -942,8 +1000,8 @@ mod tests {
     #[test]
     fn delete_batch_replies() {
         let j = br#"{"Successful":[{"Id":"0"}],"Failed":[{"Id":"1","SenderFault":true,"Code":"ReceiptHandleIsInvalid","Message":"x"}]}"#;
-        let o = parse_delete_batch(Protocol::Json, j).unwrap();
-        assert_eq!(o.deleted, vec!["0".to_string()]);
+        let o = parse_batch(BatchAction::Delete, Protocol::Json, j).unwrap();
+        assert_eq!(o.succeeded, vec!["0".to_string()]);
         assert_eq!(
             o.failed,
             vec![("1".to_string(), "ReceiptHandleIsInvalid".to_string())]
@@ -953,9 +1011,59 @@ mod tests {
             <DeleteMessageBatchResultEntry><Id>2</Id></DeleteMessageBatchResultEntry>
             <BatchResultErrorEntry><Id>1</Id><Code>ReceiptHandleIsInvalid</Code><Message>m</Message><SenderFault>true</SenderFault></BatchResultErrorEntry>
             </DeleteMessageBatchResult></DeleteMessageBatchResponse>"#;
-        let o = parse_delete_batch(Protocol::Query, x).unwrap();
-        assert_eq!(o.deleted, vec!["0".to_string(), "2".to_string()]);
+        let o = parse_batch(BatchAction::Delete, Protocol::Query, x).unwrap();
+        assert_eq!(o.succeeded, vec!["0".to_string(), "2".to_string()]);
         assert_eq!(o.failed.len(), 1);
+    }
+
+    #[test]
+    fn visibility_batch_requests_and_replies_in_both_protocols() {
+        let entries = vec![("7".to_string(), "h+7/=&".to_string())];
+        let action = BatchAction::ChangeVisibility { seconds: 45 };
+        let j = batch_request(Protocol::Json, &queue(), action, &entries);
+        assert_eq!(
+            j.target.as_deref(),
+            Some("AmazonSQS.ChangeMessageVisibilityBatch")
+        );
+        let v: serde_json::Value = serde_json::from_slice(&j.body).unwrap();
+        assert_eq!(v["Entries"][0]["Id"], "7");
+        assert_eq!(v["Entries"][0]["ReceiptHandle"], "h+7/=&");
+        assert_eq!(v["Entries"][0]["VisibilityTimeout"], 45);
+        // deletes carry no timeout
+        let d = batch_request(Protocol::Json, &queue(), BatchAction::Delete, &entries);
+        let v: serde_json::Value = serde_json::from_slice(&d.body).unwrap();
+        assert!(v["Entries"][0].get("VisibilityTimeout").is_none());
+
+        let q = batch_request(Protocol::Query, &queue(), action, &entries);
+        let pairs: HashMap<String, String> = form_urlencoded::parse(&q.body).into_owned().collect();
+        assert_eq!(pairs["Action"], "ChangeMessageVisibilityBatch");
+        assert_eq!(
+            pairs["ChangeMessageVisibilityBatchRequestEntry.1.ReceiptHandle"],
+            "h+7/=&"
+        );
+        assert_eq!(
+            pairs["ChangeMessageVisibilityBatchRequestEntry.1.VisibilityTimeout"],
+            "45"
+        );
+
+        let reply =
+            br#"{"Successful":[{"Id":"7"}],"Failed":[{"Id":"8","Code":"MessageNotInflight"}]}"#;
+        let o = parse_batch(action, Protocol::Json, reply).unwrap();
+        assert_eq!(o.succeeded, vec!["7".to_string()]);
+        assert_eq!(o.failed, vec![("8".into(), "MessageNotInflight".into())]);
+        let x = br#"<ChangeMessageVisibilityBatchResponse><ChangeMessageVisibilityBatchResult>
+            <ChangeMessageVisibilityBatchResultEntry><Id>7</Id></ChangeMessageVisibilityBatchResultEntry>
+            <BatchResultErrorEntry><Id>8</Id><Code>ReceiptHandleIsInvalid</Code></BatchResultErrorEntry>
+            </ChangeMessageVisibilityBatchResult></ChangeMessageVisibilityBatchResponse>"#;
+        let o = parse_batch(action, Protocol::Query, x).unwrap();
+        assert_eq!(o.succeeded, vec!["7".to_string()]);
+        assert_eq!(
+            o.failed,
+            vec![("8".into(), "ReceiptHandleIsInvalid".into())]
+        );
+        // a delete reply is not a visibility reply
+        let wrong = br#"<DeleteMessageBatchResponse><DeleteMessageBatchResult/></DeleteMessageBatchResponse>"#;
+        assert!(parse_batch(action, Protocol::Query, wrong).is_err());
     }
 
     #[test]
@@ -1066,9 +1174,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!e.contains("s3cr3t") && !e.contains("other"), "{e}");
-        let e = parse_delete_batch(Protocol::Json, b"{\"Successful\": 7s3cr3t")
-            .unwrap_err()
-            .to_string();
+        let e = parse_batch(
+            BatchAction::Delete,
+            Protocol::Json,
+            b"{\"Successful\": 7s3cr3t",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(!e.contains("s3cr3t"), "{e}");
     }
 
