@@ -1,30 +1,42 @@
 # syntax=docker/dockerfile:1
 #
-# PostgreSQL 15 with fetch_etl and pg_cron installed.
+# PostgreSQL with fetch_etl and pg_cron installed, for PG_MAJOR 15 (the
+# default), 17 or 18:
+#
+#   docker build -t fetch_etl:pg17 --build-arg PG_MAJOR=17 .
 #
 # Every build step is a script that CI runs on each change (scripts/setup
-# --build-only, scripts/package); this file only calls them. Note: our
-# development machines have no Docker engine, so this image has not been built
-# there; the scripts it calls are what CI tests.
+# --build-only, scripts/pg-build for 17 and 18, scripts/package --deb); this
+# file only calls them, and the image installs the very .deb CI checks.
+# Note: our development machines have no Docker engine and no image registry,
+# so this image has not been built there; the scripts it calls are what CI
+# tests.
+ARG PG_MAJOR=15
 
 FROM rust:1.95-bookworm AS builder
+ARG PG_MAJOR
 WORKDIR /src
-# Toolchain layer: Debian build packages, cargo-pgrx 0.18.1, `cargo pgrx init`.
+# Toolchain layer: Debian build packages, cargo-pgrx 0.18.1, the PostgreSQL
+# headers (Debian's for 15; 17 and 18 built from Debian's source packages),
+# `cargo pgrx init`.
 COPY scripts/ scripts/
-RUN scripts/setup --build-only
+RUN scripts/setup --build-only --pg "${PG_MAJOR}"
 # Extension layer.
-COPY Cargo.toml Cargo.lock fetch_etl.control ./
+COPY Cargo.toml Cargo.lock fetch_etl.control README.md ./
 COPY crates/ crates/
 COPY src/ src/
 COPY sql/ sql/
-RUN scripts/package --out-dir /out
+RUN scripts/package --pg "${PG_MAJOR}" --deb --out-dir /out
 
-FROM postgres:15-bookworm
+FROM postgres:${PG_MAJOR}-bookworm
+ARG PG_MAJOR
+# The official image carries apt.postgresql.org, which has postgresql-N and
+# postgresql-N-cron for every supported major.
+COPY --from=builder /out/postgresql-${PG_MAJOR}-fetch-etl_*.deb /tmp/
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends postgresql-15-cron ca-certificates \
-    && rm -rf /var/lib/apt/lists/*
-# Only the extension files: fetch_etl.so, fetch_etl.control, fetch_etl--*.sql.
-COPY --from=builder /out/usr/ /usr/
+    && apt-get install -y --no-install-recommends /tmp/postgresql-${PG_MAJOR}-fetch-etl_*.deb \
+         "postgresql-${PG_MAJOR}-cron" ca-certificates \
+    && rm -rf /var/lib/apt/lists/* /tmp/*.deb
 COPY docker/initdb/ /docker-entrypoint-initdb.d/
 # fetch_etl is preloaded so its superuser-only settings are protected in every session.
 # It sends signed requests to AWS SQS only (fetch_etl.allowed_endpoints = 'aws');

@@ -12,10 +12,42 @@ export REPO_ROOT
 export FETCH_ETL_STATE=${FETCH_ETL_STATE:-/var/tmp/fetch_etl}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$FETCH_ETL_STATE/target}
 export VENV=${VENV:-$FETCH_ETL_STATE/venv}
+# The scripts run what is in there (compilers' output, pg_config, the venv)
+# as root: under the world-writable /var/tmp, it must be ours alone.
+if [ -d "$FETCH_ETL_STATE" ]; then
+    if [ "$(stat -c %u "$FETCH_ETL_STATE")" != "$(id -u)" ] ||
+        [ $((8#$(stat -c %a "$FETCH_ETL_STATE") & 8#022)) -ne 0 ]; then
+        echo "fetch_etl: $FETCH_ETL_STATE is not owned by $(id -un) or is writable by others; refusing to use it" >&2
+        exit 1
+    fi
+fi
 
-export PG_MAJOR=15
-export PG_BIN=/usr/lib/postgresql/$PG_MAJOR/bin
-export PG_CONFIG=$PG_BIN/pg_config
+# PostgreSQL majors: 15 from Debian 12's packages (the default), 17 and 18
+# built from Debian's source packages by scripts/pg-build into
+# $FETCH_ETL_STATE/pg/N. FETCH_ETL_PG (or a script's --pg N) picks one.
+export PG_DEFAULT_MAJOR=15
+export PG_SOURCE_MAJORS="17 18"
+
+# Where major $1's bin/, lib/ and share/ are.
+pg_prefix() {
+    case "$1" in
+    "$PG_DEFAULT_MAJOR") echo "/usr/lib/postgresql/$1" ;;
+    *) echo "$FETCH_ETL_STATE/pg/$1" ;;
+    esac
+}
+
+# Makes major $1 the one the scripts (and the scripts they run) use.
+use_pg() {
+    case " $PG_DEFAULT_MAJOR $PG_SOURCE_MAJORS " in
+    *" $1 "*) ;;
+    *) die "PostgreSQL $1 is not supported here (one of: $PG_DEFAULT_MAJOR $PG_SOURCE_MAJORS)" ;;
+    esac
+    export FETCH_ETL_PG=$1
+    export PG_MAJOR=$1
+    export PG_BIN
+    PG_BIN=$(pg_prefix "$1")/bin
+    export PG_CONFIG=$PG_BIN/pg_config
+}
 export PGRX_VERSION=0.18.1
 export MOTO_VERSION=5.2.5
 
@@ -37,3 +69,5 @@ as_postgres() {
 pg_owned_dir() {
     install -d -m 0700 -o postgres -g postgres "$1"
 }
+
+use_pg "${FETCH_ETL_PG:-$PG_DEFAULT_MAJOR}"

@@ -33,6 +33,17 @@ VALID = [r for r in SAMPLE_RECORDS if "user_id" in r]
 VIS = 4
 
 
+def _has_pg_cron() -> bool:
+    bindir = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
+    libdir = subprocess.run([str(bindir / "pg_config"), "--pkglibdir"], capture_output=True, text=True).stdout.strip()
+    return (Path(libdir) / "pg_cron.so").exists()
+
+
+# PostgreSQL 17 and 18 are built from source here, and pg_cron with them only
+# when its source can be had (scripts/pg-build): tests of pg_cron jobs need it.
+needs_pg_cron = pytest.mark.skipif(not _has_pg_cron(), reason="pg_cron is not installed for this PostgreSQL")
+
+
 def drain(conn, url, **kw):
     args = ", ".join(f"{k} => %({k})s" for k in kw)
     sql = f"SELECT * FROM fetch_etl.sqs_drain(%(url)s{', ' + args if args else ''})"

@@ -20,6 +20,7 @@ from conftest import (
     drain,
     loaded_sample,
     make_queue,
+    needs_pg_cron,
     queue_depth,
     set_credentials,
     via,
@@ -564,6 +565,7 @@ def test_two_sqs_drain_for_at_once_load_each_message_once(db, aws_key, sqs):
         c.close()
 
 
+@needs_pg_cron
 def test_pg_cron_job_loads_messages_sent_after_it_was_scheduled(db, aws_key, sqs):
     """A real pg_cron 1.4 job (minute schedule, background worker) running
     sqs_drain_for: messages sent after scheduling are loaded by it, and one
@@ -678,6 +680,7 @@ def test_credentials_from_the_server_environment(db, aws_key, sqs):
         restart_cluster()
 
 
+@needs_pg_cron
 def test_docker_initdb_script_schedules_the_drain_and_housekeeping(aws_key, sqs):
     """docker/initdb/10-fetch-etl.sh, run the way the postgres image runs it
     (POSTGRES_USER/POSTGRES_DB/FETCH_ETL_QUEUE_URL in the environment)."""

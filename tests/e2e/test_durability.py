@@ -135,8 +135,10 @@ def test_durability_a_crash_right_after_commit_loses_nothing(db, aws_key, sqs, p
         with connect(db) as c:
             c.execute("TRUNCATE fetch_etl.processed_messages")
             c.execute("CHECKPOINT")  # nothing left for them to write
+            # (PostgreSQL 17 renamed the background writer's wait events: Bgwriter*)
             quiet = (idle_pids(c, "walwriter", ("WalWriterMain", "WalWriterHibernate"))
-                     + idle_pids(c, "background writer", ("BgWriterMain", "BgWriterHibernate")))
+                     + idle_pids(c, "background writer",
+                                 ("BgWriterMain", "BgWriterHibernate", "BgwriterMain", "BgwriterHibernate")))
         assert quiet, "the WAL writer and background writer are found"
         drain_and_kill_at_first_delete(db, aws_key, proxy, via(proxy, raw_url), {"synchronous_commit": "off"},
                                        stop=quiet)
@@ -147,7 +149,7 @@ def test_durability_a_crash_right_after_commit_loses_nothing(db, aws_key, sqs, p
 @pytest.fixture(scope="module")
 def standby():
     """A streaming standby of the test cluster, on loopback, hot_standby on."""
-    pg_bin = Path(os.environ.get("FETCH_ETL_PG_BIN", "/usr/lib/postgresql/15/bin"))
+    pg_bin = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))  # scripts/lib.sh: the major under test
     subprocess.run([str(REPO / "scripts" / "pgcluster"), "stop", str(STANDBY_DIR)], check=False)
     subprocess.run(["rm", "-rf", str(STANDBY_DIR)], check=True)
     subprocess.run(["install", "-d", "-o", "postgres", "-g", "postgres", "-m", "0700", str(STANDBY_DIR)], check=True)
