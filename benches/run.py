@@ -8,6 +8,10 @@ Started by scripts/bench, which provides the cluster, fauxqs and the tools.
   3. latency: throughput at 1, 4, 8, 16 receives in flight behind 20 ms
   4. memory: backend peak RSS growth while draining 50,000 messages in one call
   5. the in-database part alone vs COPY of the same final rows
+  6. sqs_drain vs a well-written external worker (benches/worker.py): rate and
+     CPU per message, after checking that both load the real sample alike
+  7. the backend's CPU per message: /proc over a drain (with 2), and
+     callgrind's instruction count per message of the store path (repeatable)
 """
 import argparse
 import contextlib
@@ -194,12 +198,20 @@ class Bench:
     def end_to_end(self):
         n, conc, rounds = self.args.drain_messages, self.args.concurrency, self.args.e2e_rounds
         bodies = login_bodies(n, seed=1)
-        drains, chunked, ceilings, deferred = [], [], [], []
+        drains, chunked, ceilings, deferred, workers = [], [], [], [], []
+        drain_cpu, worker_cpu = [], []  # CPU seconds per message, all processes involved
+        backend_us = []
+        self.worker_setup()
         for r in range(rounds):
-            log(f"round {r + 1}/{rounds}: seeding 4 queues with {n:,} messages each")
-            q1, q2, q3, q4 = (self.emu.queue(bodies) for _ in range(4))
+            log(f"round {r + 1}/{rounds}: seeding 5 queues with {n:,} messages each")
+            q1, q2, q3, q4, q5 = (self.emu.queue(bodies) for _ in range(5))
             cpu, cpu_chunked = {}, {}
             drains.append(self.drain_rate(q1, n, conc, cpu=cpu))
+            drain_cpu.append((cpu["backend"] + cpu["fauxqs"]) / n)
+            backend_us.append(cpu["backend"] / n * 1e6)
+            w = self.worker_run(q5, n, conc)
+            workers.append(w["rate"])
+            worker_cpu.append(w["cpu"] / n)
             chunked.append(self.drain_rate(q4, n, conc, cpu=cpu_chunked, chunk=1000))
             f0 = cpu_seconds(self.args.fauxqs_pid)
             ceilings.append(self.ceiling_rate(q2, conc))
@@ -210,8 +222,10 @@ class Bench:
                 f" in calls of 1,000 {chunked[-1]:,.0f} (backend {cpu_chunked['backend']:.2f} s,"
                 f" fauxqs {cpu_chunked['fauxqs']:.2f} s);"
                 f" ceiling {ceilings[-1]:,.0f} (fauxqs {f1 - f0:.2f} s); deletes after {deferred[-1]:,.0f}"
-                f" (fauxqs {f2 - f1:.2f} s)")
+                f" (fauxqs {f2 - f1:.2f} s); worker {workers[-1]:,.0f} (worker {w['cpu_worker']:.2f} s,"
+                f" its backend {w['cpu_backend']:.2f} s, fauxqs {w['cpu_fauxqs']:.2f} s)")
         ours, ours_chunked, ceil, ceil_after = (statistics.median(v) for v in (drains, chunked, ceilings, deferred))
+        ext, d_cpu, w_cpu, b_us = (statistics.median(v) for v in (workers, drain_cpu, worker_cpu, backend_us))
 
         with psycopg.connect(self.dsn, autocommit=True) as c:
             c.execute("DROP TABLE IF EXISTS user_logins_python")
@@ -239,6 +253,67 @@ class Bench:
         self.rows.append((f"2c. (context) one call vs the ceiling deleting only after all receives, as one call must",
                           rate(ours), rate(ceil_after), f"{ours / ceil_after:.2f}", "-", "-"))
         log(f"2c: vs the deferred-delete ceiling {ours / ceil_after:.2f}")
+        self.record(f"6a. sqs_drain vs external worker (benches/worker.py: {conc} receivers, COPY, ledger, vault),"
+                    f" median of {rounds}", rate(ours), rate(ext), ours / ext, ">= 1.5", ours >= 1.5 * ext)
+        us = lambda v: f"{v * 1e6:.0f} us/msg"  # noqa: E731
+        self.record("6b. CPU per message: drain (backend + fauxqs) vs worker (worker + its backend + fauxqs)",
+                    us(d_cpu), us(w_cpu), w_cpu / d_cpu, ">= 2.0", w_cpu >= 2 * d_cpu)
+        self.record(f"7a. backend CPU per message, one drain of {n:,} (/proc), median of {rounds}",
+                    f"{b_us:.1f} us", "15 us", 15 / b_us, ">= 1.0", b_us <= 15)
+
+    def worker_setup(self):
+        """The worker's own ledger, vault and dead letters, LIKE fetch_etl's;
+        then the check that it loads the real sample exactly as sqs_drain does:
+        the same rows (masks included), dead letters and vault."""
+        with psycopg.connect(self.dsn, autocommit=True) as c:
+            c.execute("DROP SCHEMA IF EXISTS bench_worker CASCADE")
+            c.execute("CREATE SCHEMA bench_worker")
+            for t in ("processed_messages", "pii_vault"):
+                c.execute(f"CREATE TABLE bench_worker.{t} (LIKE fetch_etl.{t} INCLUDING ALL)")
+            c.execute("CREATE TABLE bench_worker.dead_letters (message_id text, body text, reason_code text,"
+                      " reason text, sent_at timestamptz)")
+            for t in ("sample_drain", "sample_worker"):
+                c.execute(f"DROP TABLE IF EXISTS {t}")
+                c.execute(TABLE_DDL.format(name=t))
+        bodies = [json.dumps(r) for r in SAMPLE]
+        q_drain, q_worker = self.emu.queue(bodies), self.emu.queue(bodies)
+        with self.conn() as c:
+            row = c.execute("SELECT * FROM fetch_etl.sqs_drain(%s, target_table => 'sample_drain')", (q_drain,)).fetchone()
+        w = self.worker_run(q_worker, len(bodies), self.args.concurrency, table="sample_worker")
+        assert (row[2], row[3]) == (w["loaded"], w["rejected"]), (row, w)
+        cols = "user_id, device_type, masked_ip, masked_device_id, locale, app_version, create_date"
+        with psycopg.connect(self.dsn, autocommit=True) as c:
+            for q in (f"SELECT {cols} FROM sample_drain EXCEPT ALL SELECT {cols} FROM sample_worker",
+                      f"SELECT {cols} FROM sample_worker EXCEPT ALL SELECT {cols} FROM sample_drain",
+                      "SELECT masked, raw FROM bench_worker.pii_vault EXCEPT SELECT masked, raw FROM fetch_etl.pii_vault",
+                      "SELECT body, reason_code FROM bench_worker.dead_letters"
+                      " EXCEPT SELECT body, reason_code FROM fetch_etl.dead_letters"):
+                diff = c.execute(q).fetchall()
+                assert not diff, f"the worker and sqs_drain differ on the sample: {q}: {diff[:3]}"
+            c.execute("TRUNCATE bench_worker.processed_messages")
+        log(f"the worker loads the real sample as sqs_drain does: {w['loaded']} rows, {w['rejected']} dead letter,"
+            " the same masks and vault")
+
+    def worker_run(self, url, n, concurrency, table=None):
+        if table is None:  # a fresh table each round, as drain_rate makes
+            table = "user_logins_worker"
+            with psycopg.connect(self.dsn, autocommit=True) as c:
+                c.execute(f"DROP TABLE IF EXISTS {table}")
+                c.execute(TABLE_DDL.format(name=table))
+        f0 = cpu_seconds(self.args.fauxqs_pid)
+        r = subprocess.run([sys.executable, str(REPO / "benches" / "worker.py"), "--endpoint", self.emu.endpoint,
+                            "--queue-url", url, "--dsn", self.dsn, "--table", table,
+                            "--concurrency", str(concurrency)], capture_output=True, text=True)
+        if r.returncode:
+            sys.stderr.write(r.stderr)
+            raise RuntimeError(f"benches/worker.py failed ({r.returncode})")
+        w = json.loads(r.stdout)
+        w["cpu_fauxqs"] = cpu_seconds(self.args.fauxqs_pid) - f0
+        assert w["messages"] == n, w
+        assert self.emu.depth(url) == 0, "the worker left messages"
+        w["rate"] = n / w["seconds"]
+        w["cpu"] = w["cpu_worker"] + w["cpu_backend"] + w["cpu_fauxqs"]
+        return w
 
     # 3 -------------------------------------------------------------------
     @contextlib.contextmanager
@@ -362,6 +437,55 @@ class Bench:
         self.record(f"5. in-DB part (ledger, validate, mask, insert, vault) vs COPY, {n:,} rows", rate(store_s),
                     rate(copy_s), copy_s / store_s, ">= 0.50", copy_s / store_s >= 0.5)
 
+    # 7b ------------------------------------------------------------------
+    def instructions(self):
+        """Instructions per message of the store path (bench_store, the same
+        code a drain runs per batch), counted by callgrind in a single-user
+        backend: the count inside bench_store_wrapper for n2 messages minus
+        that for n1, over n2 - n1, so fixed costs (preparing statements,
+        reading the key) cancel out. The cluster is stopped meanwhile."""
+        n1, n2 = self.args.callgrind_rows
+        pg_ctl, data = [str(Path(self.args.pgbin) / "pg_ctl"), "-D", self.args.pgdata, "-w"], self.args.pgdata
+        with psycopg.connect(self.dsn, autocommit=True) as c:
+            c.execute("DROP TABLE IF EXISTS bench_bodies_cg")
+            c.execute("CREATE TABLE bench_bodies_cg (body text)")
+            with c.cursor().copy("COPY bench_bodies_cg FROM STDIN") as cp:
+                for b in login_bodies(n2, seed=7):
+                    cp.write_row((b,))
+            c.execute("CREATE OR REPLACE FUNCTION public.bench_store(text[], text) RETURNS bigint"
+                      " LANGUAGE c AS '$libdir/fetch_etl', 'bench_store_wrapper'")
+            for n in (n1, n2):
+                c.execute(f"DROP TABLE IF EXISTS user_logins_cg{n}")
+                c.execute(TABLE_DDL.format(name=f"user_logins_cg{n}"))
+        as_pg = ["runuser", "-u", "postgres", "--"]
+        subprocess.run(as_pg + pg_ctl + ["stop", "-m", "fast"], check=True, capture_output=True)
+        counts = {}
+        try:
+            for n in (n1, n2):
+                out = Path(data) / f"callgrind.{n}.out"
+                sql = (f"SELECT public.bench_store((SELECT array_agg(body) FROM (SELECT body FROM bench_bodies_cg"
+                       f" LIMIT {n}) s), 'user_logins_cg{n}')\n")
+                subprocess.run(as_pg + ["valgrind", "--tool=callgrind", "--toggle-collect=bench_store_wrapper",
+                                        f"--callgrind-out-file={out}", str(Path(self.args.pgbin) / "postgres"),
+                                        "--single", "-D", data, self.args.db],
+                               input=sql, text=True, check=True, capture_output=True)
+                totals = [ln for ln in out.read_text().splitlines() if ln.startswith(("totals:", "summary:"))]
+                counts[n] = int(totals[-1].split()[1])
+                if n == n2 and self.args.output:  # kept for callgrind_annotate
+                    keep = Path(self.args.output).with_name("callgrind.store.out")
+                    keep.write_bytes(out.read_bytes())
+                    log(f"callgrind profile of {n:,} messages: callgrind_annotate {keep}")
+                out.unlink()
+        finally:
+            subprocess.run(as_pg + pg_ctl + ["start", "-l", str(Path(data) / "restart.log")], check=True,
+                           capture_output=True)
+        per_msg = (counts[n2] - counts[n1]) / (n2 - n1)
+        log(f"callgrind: {counts[n1]:,} instructions for {n1:,} messages, {counts[n2]:,} for {n2:,}:"
+            f" {per_msg:,.0f} per message")
+        self.rows.append((f"7b. store path instructions per message (callgrind, {n2:,} minus {n1:,} messages)",
+                          f"{per_msg:,.0f}", "-", "-", "-", "-"))
+        self.instructions_per_msg = per_msg
+
     def table(self):
         head = ("benchmark", "fetch_etl", "baseline", "ratio", "target", "met")
         widths = [max(len(str(r[i])) for r in [head] + self.rows) for i in range(6)]
@@ -383,7 +507,9 @@ def main() -> int:
     ap.add_argument("--output", help="write the table here (markdown)")
     ap.add_argument("--batch-size", type=int, help="fetch_etl.batch_size for every drain (default: the server's)")
     ap.add_argument("--quick", action="store_true", help="smaller sizes, for trying the script")
-    ap.add_argument("--only", help="comma-separated: masking,end_to_end,latency,memory,in_db_vs_copy")
+    ap.add_argument("--only", help="comma-separated: masking,end_to_end,latency,memory,in_db_vs_copy,instructions")
+    ap.add_argument("--pgbin", required=True, help="the cluster's PostgreSQL bin directory (for callgrind)")
+    ap.add_argument("--pgdata", required=True, help="the cluster's data directory (for callgrind)")
     args = ap.parse_args()
     q = args.quick
     args.rounds = 3 if q else 5
@@ -396,9 +522,10 @@ def main() -> int:
     args.delay_ms = 20.0
     args.memory_messages = 5_000 if q else 50_000
     args.store_rows = 10_000 if q else 100_000
+    args.callgrind_rows = (200, 1_200) if q else (1_000, 6_000)
 
     b = Bench(args)
-    steps = ["masking", "end_to_end", "latency", "memory", "in_db_vs_copy"]
+    steps = ["masking", "end_to_end", "latency", "memory", "in_db_vs_copy", "instructions"]
     if args.only:
         steps = [s for s in steps if s in args.only.split(",")]
     for step in steps:
