@@ -416,6 +416,7 @@ class Bench:
                     cp.write_row((b,))
             c.execute(TABLE_DDL.format(name="user_logins_store"))
             c.execute(TABLE_DDL.format(name="user_logins_copy"))
+            t0 = c.execute("SELECT clock_timestamp()").fetchone()[0]
             notices = []
             c.add_notice_handler(lambda d: notices.append(d.message_primary))
             # time the store alone, inside the server, after the array is built
@@ -431,11 +432,40 @@ class Bench:
             t = time.perf_counter()
             c.execute(f"COPY user_logins_copy FROM '{copy_file}'")
             copy_s = time.perf_counter() - t
-            os.unlink(copy_file)
+            # The baseline that writes what the store wrote: the same rows, the
+            # same ledger ids and the same vault pairs, by COPY, into copies of
+            # the three tables with their indexes, holding what fetch_etl's
+            # held before the store (the ids and masks of earlier steps).
+            ledger_file, vault_file = copy_file.with_name("bench_ledger.copy"), copy_file.with_name("bench_vault.copy")
+            c.execute(f"COPY (SELECT * FROM fetch_etl.processed_messages WHERE run_id = -1"
+                      f" AND processed_at >= '{t0.isoformat()}') TO '{ledger_file}'")
+            c.execute(f"COPY (SELECT * FROM fetch_etl.pii_vault WHERE first_seen >= '{t0.isoformat()}') TO '{vault_file}'")
+            c.execute("DROP TABLE IF EXISTS bench_copy_ledger, bench_copy_vault")
+            for name, src, old in (("bench_copy_ledger", "processed_messages", "processed_at"),
+                                   ("bench_copy_vault", "pii_vault", "first_seen")):
+                c.execute(f"CREATE TABLE {name} (LIKE fetch_etl.{src} INCLUDING ALL)")
+                c.execute(f"INSERT INTO {name} SELECT * FROM fetch_etl.{src} WHERE {old} < '{t0.isoformat()}'")
+                c.execute(f"VACUUM ANALYZE {name}")
+            c.execute("TRUNCATE user_logins_copy")
+            t = time.perf_counter()
+            with c.transaction():
+                c.execute(f"COPY user_logins_copy FROM '{copy_file}'")
+                c.execute(f"COPY bench_copy_ledger FROM '{ledger_file}'")
+                c.execute(f"COPY bench_copy_vault FROM '{vault_file}'")
+            copy3_s = time.perf_counter() - t
+            counts = c.execute("SELECT (SELECT count(*) FROM bench_copy_ledger), (SELECT count(*) FROM bench_copy_vault)").fetchone()
+            for f in (copy_file, ledger_file, vault_file):
+                os.unlink(f)
+            c.execute("DROP TABLE bench_copy_ledger, bench_copy_vault")
             c.execute("DROP FUNCTION public.bench_store(text[], text)")
+        log(f"COPY into the three tables ({counts[0]:,} ledger ids, {counts[1]:,} vault masks after): {copy3_s:.2f} s;"
+            f" the target alone {copy_s:.2f} s; the store {store_s:.2f} s")
         rate = lambda s: f"{n / s:,.0f} rows/s"  # noqa: E731
-        self.record(f"5. in-DB part (ledger, validate, mask, insert, vault) vs COPY, {n:,} rows", rate(store_s),
-                    rate(copy_s), copy_s / store_s, ">= 0.50", copy_s / store_s >= 0.5)
+        self.record(f"5. in-DB part (ledger, validate, mask, insert, vault) vs COPY of the same rows, ids and masks"
+                    f" into the same three tables, {n:,} msgs", rate(store_s), rate(copy3_s), copy3_s / store_s,
+                    ">= 0.50", copy3_s / store_s >= 0.5)
+        self.rows.append((f"5c. (context) the same vs COPY of the final rows into the target alone",
+                          rate(store_s), rate(copy_s), f"{copy_s / store_s:.2f}", "-", "-"))
 
     # 7b ------------------------------------------------------------------
     def instructions(self):
