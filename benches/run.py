@@ -548,11 +548,11 @@ def main() -> int:
     args.concurrency = 8
     args.e2e_rounds = 1 if q else 3
     args.latency_rounds = 1 if q else 3
-    args.latency_messages = 300 if q else 2_000
+    args.latency_messages = 300 if q else 4_000
     args.delay_ms = 20.0
     args.memory_messages = 5_000 if q else 50_000
     args.store_rows = 10_000 if q else 100_000
-    args.callgrind_rows = (200, 1_200) if q else (1_000, 6_000)
+    args.callgrind_rows = (200, 1_200) if q else (1_000, 4_000)
 
     b = Bench(args)
     steps = ["masking", "end_to_end", "latency", "memory", "in_db_vs_copy", "instructions"]
