@@ -70,4 +70,27 @@ pg_owned_dir() {
     install -d -m 0700 -o postgres -g postgres "$1"
 }
 
+# The extension's version (the workspace's, Cargo.toml).
+crate_version() {
+    sed -n 's/^version = "\(.*\)"$/\1/p' "$REPO_ROOT/Cargo.toml" | head -1
+}
+
+# Whether the PostgreSQL of pg_config $1 (default: the current major's) has pg_cron.
+has_pg_cron() {
+    [ -f "$("${1:-$PG_CONFIG}" --pkglibdir)/pg_cron.so" ]
+}
+
+# Copies the extension files of a `cargo pgrx package` tree $1 into the
+# current major's PostgreSQL (pg_config's paths). The old .so is unlinked
+# first: running backends keep it instead of crashing.
+install_extension_tree() {
+    local so control
+    so=$(find "$1" -name fetch_etl.so | head -1)
+    control=$(find "$1" -name fetch_etl.control | head -1)
+    [ -n "$so" ] && [ -n "$control" ] || die "$1 holds no fetch_etl.so and fetch_etl.control"
+    rm -f "$("$PG_CONFIG" --pkglibdir)/fetch_etl.so"
+    cp "$so" "$("$PG_CONFIG" --pkglibdir)/"
+    cp "$(dirname "$control")"/fetch_etl* "$("$PG_CONFIG" --sharedir)/extension/"
+}
+
 use_pg "${FETCH_ETL_PG:-$PG_DEFAULT_MAJOR}"
