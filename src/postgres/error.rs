@@ -142,6 +142,12 @@ impl Caught {
         self.sqlstate().as_deref() == Some("42501")
     }
 
+    /// A unique violation (23505): a key already there, or committed
+    /// meanwhile by the session we waited for.
+    pub(crate) fn is_unique_violation(&self) -> bool {
+        self.sqlstate().as_deref() == Some("23505")
+    }
+
     /// `lock_timeout` ran out (55P03).
     pub(crate) fn is_lock_timeout(&self) -> bool {
         self.sqlstate().as_deref() == Some("55P03")
