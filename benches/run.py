@@ -105,6 +105,7 @@ class Bench:
         self.dsn = f"host={args.pghost} port={args.pgport} user=postgres dbname={args.db}"
         self.emu = Emulator(args.fauxqs_port)
         self.rows = []  # (benchmark, ours, baseline, ratio, target, met)
+        self.profile_rows = []  # (phase, share of samples, backend us per message)
 
     def conn(self, **settings):
         c = psycopg.connect(self.dsn, autocommit=True)
@@ -525,13 +526,89 @@ class Bench:
                           f"{per_msg:,.0f}", "-", "-", "-", "-"))
         self.instructions_per_msg = per_msg
 
+    # Where a drain's backend CPU goes: perf samples of one drain, each
+    # counted once, in the first phase (in this order) found on its stack.
+    PHASES = [
+        ("store: vault writes", ["Store::flush_vault"]),
+        ("store: ledger", ["Store::record_ids", "Store::forget_ids"]),
+        ("store: target insert", ["Store::insert_rows"]),
+        ("store: dead letters", ["Store::insert_dead_letters"]),
+        ("store: validate, mask, build the rows", ["fetch_etl_core::batch::build"]),
+        ("SQS: SigV4 signing", ["sqs::signer::sign_headers"]),
+        ("SQS: deletes after COMMIT (HTTP, JSON)", ["deletes::delete_now"]),
+        ("SQS: receives (HTTP, JSON, receipt handles)", ["Client<T>::receive", "wire::parse_receive", "sqs::pump::"]),
+        ("visibility heartbeat", ["sqs::heartbeat::", "postgres::visibility::"]),
+        ("store: the rest (SPI, duplicates, batching)", ["drain::store_messages", "drain::store_batch"]),
+        ("drain: the rest (receive loop, runtime)", ["drain::receive_loop", "tokio::runtime"]),
+    ]
+    ALLOCATOR = ("malloc", "_int_free", "cfree", "realloc", "malloc_consolidate", "unlink_chunk", "sysmalloc")
+
+    def profile(self):
+        """perf record (DWARF call graphs) of one drain's backend, broken down
+        by phase: the profile behind 7a. Shares, not times: perf itself slows
+        the drain."""
+        n = self.args.drain_messages
+        url = self.emu.queue(login_bodies(n, seed=7))
+        data = Path(self.args.output or "/tmp/x").with_name("perf.drain.data")
+        with self.conn(**{"fetch_etl.receive_concurrency": self.args.concurrency}) as c:
+            c.execute("DROP TABLE IF EXISTS user_logins")
+            c.execute(TABLE_DDL.format(name="user_logins"))
+            pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
+            perf = subprocess.Popen(["perf", "record", "-q", "-F", "2000", "--call-graph", "dwarf,16384",
+                                     "-o", str(data), "-p", str(pid)], stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+            time.sleep(1)  # perf attaches
+            before = cpu_seconds(pid)
+            loaded = c.execute("SELECT loaded FROM fetch_etl.sqs_drain(%s, max_messages => %s,"
+                               " visibility_timeout => 600)", (url, n + 100)).fetchone()[0]
+            cpu = cpu_seconds(pid) - before
+            perf.send_signal(2)
+            perf.wait()
+        assert loaded == n, (loaded, n)
+        script = subprocess.run(["perf", "script", "-i", str(data), "-F", "ip,sym"], check=True,
+                                capture_output=True, text=True).stdout
+        data.unlink()
+        counts = {label: 0 for label, _ in self.PHASES}
+        other = kernel = alloc = total = 0
+        for sample in script.split("\n\n"):
+            frames = [ln.strip().split(None, 1) for ln in sample.strip().splitlines() if ln.strip()]
+            if not frames:
+                continue
+            total += 1
+            kernel += frames[0][0].startswith("ffffffff")
+            alloc += len(frames[0]) > 1 and frames[0][1].startswith(self.ALLOCATOR)
+            text = "\n".join(f[-1] for f in frames)
+            label = next((lb for lb, pats in self.PHASES if any(p in text for p in pats)), None)
+            if label is None:
+                other += 1
+            else:
+                counts[label] += 1
+        assert total > 100, f"perf took only {total} samples"
+        us = cpu / n * 1e6
+        rows = [(label, k) for label, k in counts.items()] + [("everything else (setup, COMMIT, executor start)", other)]
+        for label, k in rows:
+            self.profile_rows.append((label, f"{100 * k / total:.1f}%", f"{us * k / total:.1f} us"))
+        self.profile_rows.append(("(across the phases) in the kernel: syscalls, page faults",
+                                  f"{100 * kernel / total:.1f}%", f"{us * kernel / total:.1f} us"))
+        self.profile_rows.append(("(across the phases) in malloc and free",
+                                  f"{100 * alloc / total:.1f}%", f"{us * alloc / total:.1f} us"))
+        log(f"profile: {total:,} samples, backend {us:.1f} us/msg under perf")
+        for r in self.profile_rows:
+            log(f"  {r[1]:>6} {r[2]:>9}  {r[0]}")
+
     def table(self):
-        head = ("benchmark", "fetch_etl", "baseline", "ratio", "target", "met")
-        widths = [max(len(str(r[i])) for r in [head] + self.rows) for i in range(6)]
-        line = lambda r: "| " + " | ".join(str(v).ljust(w) for v, w in zip(r, widths)) + " |"  # noqa: E731
-        out = [line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-        out += [line(r) for r in self.rows]
-        return "\n".join(out)
+        out = markdown(("benchmark", "fetch_etl", "baseline", "ratio", "target", "met"), self.rows)
+        if self.profile_rows:
+            out += ("\n\n7c. Where one drain's backend CPU goes (perf, one drain of"
+                    f" {self.args.drain_messages:,} messages; us per message at the drain's CPU under perf)\n\n")
+            out += markdown(("phase", "share", "per message"), self.profile_rows)
+        return out
+
+
+def markdown(head, rows):
+    widths = [max(len(str(r[i])) for r in [head] + rows) for i in range(len(head))]
+    line = lambda r: "| " + " | ".join(str(v).ljust(w) for v, w in zip(r, widths)) + " |"  # noqa: E731
+    return "\n".join([line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows])
 
 
 def main() -> int:
@@ -546,7 +623,7 @@ def main() -> int:
     ap.add_argument("--output", help="write the table here (markdown)")
     ap.add_argument("--batch-size", type=int, help="fetch_etl.batch_size for every drain (default: the server's)")
     ap.add_argument("--quick", action="store_true", help="smaller sizes, for trying the script")
-    ap.add_argument("--only", help="comma-separated: masking,end_to_end,latency,memory,in_db_vs_copy,instructions")
+    ap.add_argument("--only", help="comma-separated: masking,end_to_end,profile,latency,memory,in_db_vs_copy,instructions")
     ap.add_argument("--pgbin", required=True, help="the cluster's PostgreSQL bin directory (for callgrind)")
     ap.add_argument("--pgdata", required=True, help="the cluster's data directory (for callgrind)")
     args = ap.parse_args()
@@ -564,7 +641,7 @@ def main() -> int:
     args.callgrind_rows = (200, 1_200) if q else (1_000, 4_000)
 
     b = Bench(args)
-    steps = ["masking", "end_to_end", "latency", "memory", "in_db_vs_copy", "instructions"]
+    steps = ["masking", "end_to_end", "profile", "latency", "memory", "in_db_vs_copy", "instructions"]
     if args.only:
         steps = [s for s in steps if s in args.only.split(",")]
     for step in steps:

@@ -242,6 +242,7 @@ impl Store {
     /// Records `ids` in the ledger (as the owner). An id another session
     /// holds uncommitted (a concurrent drain of the same message) is waited
     /// for at most `wait` in all; after that it is deferred, not an error.
+    #[inline(never)] // a frame of its own in scripts/bench's profile (called once per batch)
     pub(crate) fn record_ids(
         &self,
         client: &mut SpiClient<'_>,
@@ -313,6 +314,7 @@ impl Store {
     /// Takes `ids` this run recorded back out of the ledger (as the owner):
     /// messages left in the queue after all (FIFO messages behind a deferred
     /// one of their group), so that their redelivery is not a duplicate.
+    #[inline(never)] // a frame of its own in scripts/bench's profile (called once per batch)
     pub(crate) fn forget_ids(&self, client: &mut SpiClient<'_>, ids: &[String], run_id: i64) {
         if ids.is_empty() {
             return;
@@ -427,6 +429,7 @@ impl Store {
     /// message": a constraint, a trigger, an index row too large...); errors
     /// no row causes (serialization, resources, locks, cancels, internal)
     /// are raised.
+    #[inline(never)] // a frame of its own in scripts/bench's profile (called once per batch)
     fn insert_rows(&self, client: &mut SpiClient<'_>, rows: &Rows) -> Vec<(usize, String)> {
         let n = rows.len();
         if n == 0 {
@@ -468,6 +471,7 @@ impl Store {
     }
 
     /// Writes dead letters for `refused` messages of one drain run (as the owner).
+    #[inline(never)] // a frame of its own in scripts/bench's profile (called once per batch)
     pub(crate) fn insert_dead_letters(
         &self,
         client: &mut SpiClient<'_>,
