@@ -16,6 +16,7 @@ Started by scripts/bench, which provides the cluster, fauxqs and the tools.
 """
 import argparse
 import contextlib
+import http.client
 import json
 import os
 import random
@@ -76,20 +77,37 @@ def login_bodies(n, seed):
 
 class Emulator:
     def __init__(self, port):
+        self.port = port
         self.endpoint = f"http://127.0.0.1:{port}"
         self.sqs = boto3.client("sqs", endpoint_url=self.endpoint, region_name="us-east-1",
                                 aws_access_key_id="test", aws_secret_access_key="test")
 
     def queue(self, bodies):
+        """A new queue holding `bodies`. Seeding is not measured, so it talks
+        fauxqs's JSON protocol directly, over one kept-alive connection per
+        thread: 6x faster than boto3 (0.8 s against 5.1 s for 20,000), which
+        takes well over a minute off the suite. fauxqs does not check
+        signatures; the header is only well formed."""
         url = self.sqs.create_queue(QueueName="bench-" + uuid.uuid4().hex[:10])["QueueUrl"]
-        chunks = [bodies[i:i + 10] for i in range(0, len(bodies), 10)]
+        headers = {"Content-Type": "application/x-amz-json-1.0", "X-Amz-Target": "AmazonSQS.SendMessageBatch",
+                   "X-Amz-Date": "20260101T000000Z",
+                   "Authorization": "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/sqs/aws4_request,"
+                                    " SignedHeaders=host, Signature=0"}
+        local = threading.local()
 
         def send(chunk):
-            self.sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": str(j), "MessageBody": b}
-                                                               for j, b in enumerate(chunk)])
+            if not hasattr(local, "http"):
+                local.http = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+            body = json.dumps({"QueueUrl": url, "Entries": [{"Id": str(j), "MessageBody": b}
+                                                            for j, b in enumerate(chunk)]})
+            local.http.request("POST", "/", body, headers)
+            reply = local.http.getresponse()
+            out = json.loads(reply.read() or b"{}")
+            assert reply.status == 200 and not out.get("Failed") and len(out.get("Successful", [])) == len(chunk), \
+                (reply.status, out)
 
         with ThreadPoolExecutor(8) as pool:
-            list(pool.map(send, chunks))
+            list(pool.map(send, [bodies[i:i + 10] for i in range(0, len(bodies), 10)]))
         return url
 
     def depth(self, url):
@@ -560,7 +578,7 @@ class Bench:
             c.execute("DROP TABLE IF EXISTS user_logins")
             c.execute(TABLE_DDL.format(name="user_logins"))
             pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
-            perf = subprocess.Popen(["perf", "record", "-q", "-F", "2000", "--call-graph", "dwarf,16384",
+            perf = subprocess.Popen(["perf", "record", "-q", "-F", "1000", "--call-graph", "dwarf,16384",
                                      "-o", str(data), "-p", str(pid)], stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL)
             time.sleep(1)  # perf attaches
