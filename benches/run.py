@@ -23,6 +23,7 @@ import random
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -573,7 +574,9 @@ class Bench:
         the drain."""
         n = self.args.drain_messages
         url = self.emu.queue(login_bodies(n, seed=7))
-        data = Path(self.args.output or "/tmp/x").with_name("perf.drain.data")
+        fd, name = tempfile.mkstemp(suffix=".perf.data")
+        os.close(fd)
+        data = Path(name)
         with self.conn(**{"fetch_etl.receive_concurrency": self.args.concurrency}) as c:
             c.execute("DROP TABLE IF EXISTS user_logins")
             c.execute(TABLE_DDL.format(name="user_logins"))

@@ -258,26 +258,21 @@ impl Store {
                 new: HashSet::new(),
                 deferred: HashSet::new(),
             };
-            let started = std::time::Instant::now();
-            let fast = in_subxact(AssertUnwindSafe(|| {
-                with_lock_timeout(wait, || {
-                    let args = [sorted.clone().into(), run_id.into()];
-                    client
-                        .update(&statements.ledger_fast, None, &args)
-                        .map(|_| ())
-                })
-            }));
-            let mut insert = |ids: &[&str], timeout| {
+            // Runs `stmt` over `ids` in a subtransaction; the ids it returns
+            // (LEDGER_SQL returns the new ones, LEDGER_SQL_FAST none).
+            let mut insert = |stmt: &OwnedPreparedStatement, ids: &[&str], timeout| {
                 in_subxact(AssertUnwindSafe(|| {
                     with_lock_timeout(timeout, || {
                         let args = [ids.to_vec().into(), run_id.into()];
-                        client.update(&statements.ledger, None, &args).map(|rows| {
+                        client.update(stmt, None, &args).map(|rows| {
                             rows.filter_map(|row| row.get::<String>(1).ok().flatten())
                                 .collect::<Vec<String>>()
                         })
                     })
                 }))
             };
+            let started = std::time::Instant::now();
+            let fast = insert(&statements.ledger_fast, &sorted, wait);
             let recorded = match fast {
                 Ok(r) => {
                     r.or_raise_spi("ledger");
@@ -285,9 +280,11 @@ impl Store {
                     return out;
                 }
                 // Seen before, or committed by another session while we waited.
-                Err(e) if e.is_unique_violation() => {
-                    insert(&sorted, wait.saturating_sub(started.elapsed()))
-                }
+                Err(e) if e.is_unique_violation() => insert(
+                    &statements.ledger,
+                    &sorted,
+                    wait.saturating_sub(started.elapsed()),
+                ),
                 Err(e) => Err(e),
             };
             match recorded {
@@ -296,7 +293,7 @@ impl Store {
                     // Someone still holds some of them: find which, without
                     // waiting again, and leave those for later.
                     for id in &sorted {
-                        match insert(&[id], std::time::Duration::from_millis(1)) {
+                        match insert(&statements.ledger, &[id], Duration::from_millis(1)) {
                             Ok(r) => out.new.extend(r.or_raise_spi("ledger")),
                             Err(e) if e.is_lock_timeout() => {
                                 out.deferred.insert(id.to_string());
