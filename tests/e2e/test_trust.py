@@ -63,6 +63,19 @@ def test_ssrf_the_default_allowlist_sends_nothing_anywhere_else(pg, sqs, proxy):
     assert proxy.seen == [], "no request was sent"
 
 
+def test_ssrf_a_doubled_slash_in_the_queue_url_stays_on_the_listed_host(pg, sqs, proxy):
+    """`//000000000000/q` is a valid queue path, but joined onto the endpoint it
+    names the host 0 (0.0.0.0, this machine, port 80); `//2852039166/q` names
+    169.254.169.254. Every request must still go to the listed endpoint."""
+    raw_url, _ = make_queue(sqs, [json.dumps(VALID[0])])
+    pg.execute(f"SET fetch_etl.allowed_endpoints = 'http://127.0.0.1:{proxy.port}'")
+    pg.execute("SET fetch_etl.sqs_protocol = 'query'")
+    url = via(proxy, raw_url).replace(f":{proxy.port}/", f":{proxy.port}//", 1)
+    assert "//000000000000/" in url
+    assert counts(drain(pg, url)) == (1, 1, 0, 0)
+    assert proxy.seen and all(s.startswith("query:") for s in proxy.seen), proxy.seen
+
+
 def test_ssrf_a_pattern_only_matches_names_that_resolve_to_public_addresses(pg, sqs, proxy):
     raw_url, _ = make_queue(sqs, [json.dumps(VALID[0])])
     pg.execute("SET fetch_etl.allowed_endpoints = 'http://*:*'")

@@ -8,6 +8,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use url::Url;
+
 use super::retry::{Attempts, Decision, RetryBudget, RetryClass, RetryPolicy};
 use super::transport::{HttpReply, HttpRequest, HttpTransport, Transport};
 use super::wire::{self, BatchAction, WireRequest};
@@ -324,11 +326,7 @@ impl<T: Transport> Client<T> {
 
     /// Signs and sends `req`.
     async fn send(&self, req: WireRequest, timeout: Duration) -> Result<HttpReply, SqsError> {
-        let url = self
-            .queue
-            .endpoint
-            .join(&req.path)
-            .map_err(|e| SqsError::InvalidConfig(format!("request path {}: {e}", req.path)))?;
+        let url = request_url(&self.queue.endpoint, &req.path)?;
         let mut headers: Vec<(&str, &str)> = vec![("content-type", req.content_type)];
         if let Some(t) = &req.target {
             headers.push(("x-amz-target", t));
@@ -399,6 +397,22 @@ fn account_batch(entries: &[(String, String)], reply: BatchOutcome) -> BatchOutc
         }
     }
     out
+}
+
+/// Where a request for `path` goes: `endpoint` (the origin the allowlist
+/// checked) with that path. Setting the path, unlike joining it, cannot
+/// change the host (a join reads `//169.254.169.254/x` as a new host); the
+/// origin is compared all the same, so no path can send a request elsewhere.
+pub fn request_url(endpoint: &Url, path: &str) -> Result<Url, SqsError> {
+    let mut url = endpoint.clone();
+    url.set_path(path);
+    url.set_query(None);
+    if url.origin() != endpoint.origin() {
+        return Err(SqsError::InvalidConfig(
+            "a request path would leave the queue's endpoint".into(),
+        ));
+    }
+    Ok(url)
 }
 
 #[cfg(test)]
@@ -482,6 +496,20 @@ mod tests {
     const LOCALSTACK2: &str = "<ErrorResponse><Error><Code>InvalidAction</Code><Message>The action  is not valid</Message></Error></ErrorResponse>";
 
     fn client(fake: &Fake, protocol: Option<Protocol>, max_attempts: u32) -> Client<Fake> {
+        client_of(
+            fake,
+            protocol,
+            max_attempts,
+            "http://localhost:4566/000000000000/q",
+        )
+    }
+
+    fn client_of(
+        fake: &Fake,
+        protocol: Option<Protocol>,
+        max_attempts: u32,
+        queue_url: &str,
+    ) -> Client<Fake> {
         Client::new(
             fake.clone(),
             ClientConfig {
@@ -498,7 +526,7 @@ mod tests {
                 session_token: None,
             }),
             "us-east-1".into(),
-            QueueRef::parse("http://localhost:4566/000000000000/q", None).unwrap(),
+            QueueRef::parse(queue_url, None).unwrap(),
             None,
         )
     }
@@ -793,5 +821,67 @@ mod tests {
         );
         assert_eq!(r.max_reply_bytes, crate::budget::MAX_REPLY_BYTES);
         assert_eq!(r.url.as_str(), "http://localhost:4566/");
+    }
+    /// SSRF: the allowlist checks the queue URL's host, so every request must
+    /// go to that host. `//2852039166/q` is a valid queue path (account
+    /// 2852039166) but, joined onto the endpoint as the Query protocol's path
+    /// once was, it named the host 169.254.169.254 (the instance metadata
+    /// service), and `//0/q` this machine.
+    #[test]
+    fn a_doubled_slash_in_the_queue_url_cannot_send_a_request_to_another_host() {
+        for (queue_url, host) in [
+            (
+                "https://sqs.us-east-1.amazonaws.com//2852039166/q",
+                "sqs.us-east-1.amazonaws.com",
+            ),
+            ("http://localhost:4566//0/q", "localhost"),
+            ("http://localhost:4566//2130706433//q/", "localhost"),
+        ] {
+            for protocol in [Protocol::Query, Protocol::Json] {
+                let fake = Fake::new(vec![reply(
+                    200,
+                    if protocol == Protocol::Query {
+                        EMPTY_XML
+                    } else {
+                        EMPTY_JSON
+                    },
+                )]);
+                let c = client_of(&fake, Some(protocol), 1, queue_url);
+                run(c.receive(10, 0, None)).unwrap();
+                let url = &fake.requests()[0].url;
+                assert_eq!(
+                    url.host_str(),
+                    Some(host),
+                    "{queue_url} {protocol:?}: {url}"
+                );
+                if protocol == Protocol::Query {
+                    let account = queue_url
+                        .split("//")
+                        .nth(2)
+                        .unwrap()
+                        .split('/')
+                        .next()
+                        .unwrap();
+                    assert_eq!(url.path(), format!("/{account}/q"), "{queue_url}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn request_urls_keep_the_endpoint_origin_whatever_the_path() {
+        let endpoint = Url::parse("https://sqs.us-east-1.amazonaws.com/").unwrap();
+        for path in [
+            "/1/q",
+            "//169.254.169.254/x",
+            "///x",
+            "/a?b#c",
+            "//[::1]:9/x",
+            "http://evil/",
+        ] {
+            let url = request_url(&endpoint, path).unwrap();
+            assert_eq!(url.origin(), endpoint.origin(), "{path}: {url}");
+            assert_eq!(url.query(), None, "{path}: {url}");
+        }
     }
 }

@@ -79,12 +79,10 @@ pub enum EndpointError {
         "fetch_etl may not send requests to {endpoint}: it is not in fetch_etl.allowed_endpoints"
     )]
     NotListed { endpoint: String },
-    #[error("fetch_etl may not send requests to {endpoint}: {host} resolves to {addr}, an internal address, and no fetch_etl.allowed_endpoints entry names it exactly")]
-    Internal {
-        endpoint: String,
-        host: String,
-        addr: IpAddr,
-    },
+    /// The address itself is not named: a caller who may pick host names
+    /// under a pattern (`*.corp.example`) must not learn internal addresses.
+    #[error("fetch_etl may not send requests to {endpoint}: {host} is or resolves to an internal address, and no fetch_etl.allowed_endpoints entry names it exactly")]
+    Internal { endpoint: String, host: String },
     #[error("could not resolve {host}")]
     Unresolved { host: String },
 }
@@ -169,7 +167,6 @@ pub fn check_address(
         return Err(EndpointError::Internal {
             endpoint: endpoint_text(endpoint),
             host: host.to_string(),
-            addr,
         });
     }
     Ok(())
@@ -450,6 +447,19 @@ mod tests {
             "fetch_etl may not send requests to http://169.254.169.254/: it is not in fetch_etl.allowed_endpoints"
         );
         assert!(e.hint().unwrap().contains("fetch_etl.allowed_endpoints"));
+    }
+
+    /// An internal-address oracle: with a pattern entry, a drainer picks the
+    /// names; the refusal must not tell it where they point.
+    #[test]
+    fn a_refused_name_does_not_reveal_the_internal_address_it_resolves_to() {
+        let endpoint = url("https://db.corp.example/");
+        let addr: IpAddr = "10.11.12.13".parse().unwrap();
+        let e = check_address(&endpoint, "db.corp.example", addr, Reach::Public).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InsufficientPrivilege);
+        let text = e.to_string();
+        assert!(text.contains("db.corp.example"), "{text}");
+        assert!(!text.contains("10.11.12.13"), "{text}");
     }
 
     #[test]

@@ -11,6 +11,10 @@ pub struct QueueRef {
     pub queue_url: String,
     /// Where requests go: `scheme://host[:port]/` (or an override).
     pub endpoint: Url,
+    /// `/<account>/<name>`, rebuilt from the validated parts: the Query
+    /// protocol's request path. Never the URL's own spelling, whose doubled
+    /// slashes (`//<number>/q`) a URL join reads as another host.
+    pub path: String,
     /// Region found in an AWS-style host name, if any.
     pub host_region: Option<String>,
     /// The queue whatever the URL's spelling: `sqs:<region>:<account>:<name>`
@@ -137,6 +141,7 @@ impl QueueRef {
         Ok(QueueRef {
             queue_url: queue_url.to_string(),
             endpoint,
+            path: format!("/{account}/{name}"),
             host_region,
             lock_key,
         })

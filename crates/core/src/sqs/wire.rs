@@ -84,11 +84,8 @@ fn query_request(queue: &QueueRef, action: &str, params: &[(String, String)]) ->
     for (k, v) in params {
         form.append_pair(k, v);
     }
-    let path = url::Url::parse(&queue.queue_url)
-        .map(|u| u.path().to_string())
-        .unwrap_or_else(|_| "/".to_string());
     WireRequest {
-        path,
+        path: queue.path.clone(),
         content_type: "application/x-www-form-urlencoded; charset=utf-8",
         target: None,
         body: form.finish().into_bytes(),
