@@ -27,7 +27,8 @@ SELECT pg_catalog.pg_extension_config_dump('fetch_etl.mask_keys', '');
 -- The PII vault: the only place raw values are kept, for unmask().
 CREATE TABLE fetch_etl.pii_vault (
     -- COLLATE "C": masks are ASCII hex; bytewise comparison is all they need, and cheaper.
-    masked      text        COLLATE "C" PRIMARY KEY CHECK (pg_catalog.length(masked) = 64),
+    -- octet_length, not length: a header read instead of a character count per row written (0.4.0)
+    masked      text        COLLATE "C" PRIMARY KEY CHECK (pg_catalog.octet_length(masked) = 64),
     raw         text        NOT NULL,
     first_seen  timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
@@ -92,11 +93,18 @@ CREATE TABLE fetch_etl.dead_letters (
     -- who produced it and for which table: a replay loads only dead letters of
     -- its own target table unless told otherwise (NULL: before 0.2.0, unknown)
     run_role       name,
-    target_table   text
+    target_table   text,
+    -- replays that refused it again, and when the last one did: a replay takes
+    -- the dead letters tried longest ago first, so ones that keep failing never
+    -- hold back those behind them (0.4.0)
+    replay_attempts integer    NOT NULL DEFAULT 0,
+    last_replay_at timestamptz
 );
 ALTER SEQUENCE fetch_etl.dead_letters_id_seq OWNED BY fetch_etl.dead_letters.dead_letter_id;
 CREATE INDEX dead_letters_run ON fetch_etl.dead_letters (run_id);
 CREATE INDEX dead_letters_pending ON fetch_etl.dead_letters (queue_url, reason_code) WHERE replayed_at IS NULL;
+CREATE INDEX dead_letters_replay_order ON fetch_etl.dead_letters (last_replay_at NULLS FIRST, dead_letter_id)
+    WHERE replayed_at IS NULL;
 COMMENT ON TABLE fetch_etl.dead_letters IS 'fetch_etl: messages sqs_drain could not load, with the reason. Contains raw PII; owner only.';
 REVOKE ALL ON TABLE fetch_etl.dead_letters FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('fetch_etl.dead_letters', '');

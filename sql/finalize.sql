@@ -55,6 +55,15 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Keep ledger entries at least as long as the queue''s MessageRetentionPeriod.';
     END IF;
+    -- A message whose delete failed comes back until the queue's retention
+    -- (at most 14 days) runs out; only its ledger entry keeps it from loading
+    -- twice. A role granted prune may not shorten that; a superuser session may.
+    IF keep_ledger < interval '14 days' AND NOT coalesce(
+           (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) SESSION_USER), false) THEN
+        RAISE EXCEPTION 'only a superuser may keep ledger entries for less than 14 days'
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'SQS redelivers a message whose delete failed until its MessageRetentionPeriod (at most 14 days) ends; without its ledger entry it would be loaded twice.';
+    END IF;
     DELETE FROM fetch_etl.drain_runs WHERE started_at < pg_catalog.now() - keep_runs;
     GET DIAGNOSTICS runs = ROW_COUNT;
     DELETE FROM fetch_etl.processed_messages WHERE processed_at < pg_catalog.now() - keep_ledger;

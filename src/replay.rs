@@ -1,7 +1,15 @@
 //! `fetch_etl.replay_dead_letters`: run dead letters through the current
 //! validation and target table again, after a fix (a widened column, a dropped
 //! constraint, a corrected producer...). Loaded ones are marked replayed and
-//! are never replayed again; the others keep their row with the new reason.
+//! are never replayed again; the others keep their row with the new reason,
+//! one more `replay_attempts` and `last_replay_at`, and go to the back: a
+//! replay takes the dead letters tried longest ago (never tried first), so
+//! ones that keep failing do not hold back those behind them.
+//!
+//! Memory does not grow with `max_rows` or the bodies: a page of at most
+//! [`REPLAY_PAGE_ROWS`] dead letters is locked and sized, and its bodies are
+//! read and stored in runs of at most [`STORE_FLUSH_BYTES`], each in its own
+//! SPI connection (whose result sets are freed when it ends).
 //!
 //! Only dead letters produced for the same target table are taken unless
 //! `any_target` says otherwise: a dead letter's body is whatever its producer
@@ -10,6 +18,7 @@
 
 use pgrx::prelude::*;
 
+use fetch_etl_core::budget::{byte_runs, REPLAY_PAGE_ROWS, STORE_FLUSH_BYTES};
 use fetch_etl_core::sqs::Message;
 
 use crate::postgres::error::{OrRaise, SpiOrRaise};
@@ -34,9 +43,87 @@ pub(crate) fn replay(
     let owner = extension_owner();
     let mut store = Store::open(target_table, settings::max_body_bytes(), owner);
     let target = store.target_name().to_string();
+    let mut done = Replayed {
+        replayed: 0,
+        loaded: 0,
+        rejected: 0,
+    };
+    loop {
+        let left = i64::from(max_rows) - done.replayed;
+        if left <= 0 {
+            break;
+        }
+        let page = lock_page(
+            owner,
+            queue_url,
+            reason_code,
+            any_target,
+            &target,
+            left.min(REPLAY_PAGE_ROWS as i64),
+        );
+        if page.is_empty() {
+            break;
+        }
+        let sizes: Vec<usize> = page.iter().map(|&(_, n)| n).collect();
+        for run in byte_runs(&sizes, STORE_FLUSH_BYTES) {
+            let ids: Vec<i64> = page[run].iter().map(|&(id, _)| id).collect();
+            let r = replay_run(owner, &mut store, &ids);
+            done.replayed += r.replayed;
+            done.loaded += r.loaded;
+            done.rejected += r.rejected;
+        }
+    }
+    done
+}
+
+/// Locks the next page of dead letters to replay (skipping rows another
+/// replay holds: each is replayed by one session at a time), with their
+/// body sizes. Rows a replay of this transaction refused are not taken again.
+fn lock_page(
+    owner: pg_sys::Oid,
+    queue_url: Option<&str>,
+    reason_code: Option<&str>,
+    any_target: bool,
+    target: &str,
+    limit: i64,
+) -> Vec<(i64, usize)> {
     Spi::connect_mut(|client| {
-        // Lock the rows we take, skip rows another replay holds: each dead
-        // letter is replayed by one session at a time.
+        as_owner(owner, || {
+            client
+                .update(
+                    "SELECT dead_letter_id, pg_catalog.octet_length(body)::pg_catalog.int8 \
+                     FROM fetch_etl.dead_letters \
+                     WHERE replayed_at IS NULL \
+                       AND (last_replay_at IS NULL OR last_replay_at OPERATOR(pg_catalog.<) pg_catalog.now()) \
+                       AND ($1::pg_catalog.text IS NULL OR queue_url OPERATOR(pg_catalog.=) $1) \
+                       AND ($2::pg_catalog.text IS NULL OR reason_code OPERATOR(pg_catalog.=) $2) \
+                       AND ($4 OR target_table OPERATOR(pg_catalog.=) $5) \
+                     ORDER BY last_replay_at NULLS FIRST, dead_letter_id \
+                     LIMIT $3 FOR UPDATE SKIP LOCKED",
+                    None,
+                    &[
+                        queue_url.map(str::to_string).into(),
+                        reason_code.map(str::to_string).into(),
+                        limit.into(),
+                        any_target.into(),
+                        target.into(),
+                    ],
+                )
+                .or_raise_spi("dead letters")
+                .map(|row| {
+                    let id = row.get::<i64>(1).ok().flatten().unwrap_or_default();
+                    let size = row.get::<i64>(2).ok().flatten().unwrap_or_default();
+                    (id, usize::try_from(size).unwrap_or(usize::MAX))
+                })
+                .collect()
+        })
+    })
+}
+
+/// Reads the bodies of `ids` (locked by [`lock_page`]), loads them and
+/// records the outcome on each dead letter.
+fn replay_run(owner: pg_sys::Oid, store: &mut Store, ids: &[i64]) -> Replayed {
+    Spi::connect_mut(|client| {
         let picked: Vec<(i64, Message)> = as_owner(owner, || {
             client
                 .update(
@@ -44,19 +131,10 @@ pub(crate) fn replay(
                             (pg_catalog.date_part('epoch', sent_at) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8, \
                             receive_count \
                      FROM fetch_etl.dead_letters \
-                     WHERE replayed_at IS NULL \
-                       AND ($1::pg_catalog.text IS NULL OR queue_url OPERATOR(pg_catalog.=) $1) \
-                       AND ($2::pg_catalog.text IS NULL OR reason_code OPERATOR(pg_catalog.=) $2) \
-                       AND ($4 OR target_table OPERATOR(pg_catalog.=) $5) \
-                     ORDER BY dead_letter_id LIMIT $3 FOR UPDATE SKIP LOCKED",
+                     WHERE dead_letter_id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.int8[]) \
+                     ORDER BY dead_letter_id",
                     None,
-                    &[
-                        queue_url.map(str::to_string).into(),
-                        reason_code.map(str::to_string).into(),
-                        max_rows.into(),
-                        any_target.into(),
-                        target.as_str().into(),
-                    ],
+                    &[ids.to_vec().into()],
                 )
                 .or_raise_spi("dead letters")
                 .map(|row| {
@@ -92,7 +170,9 @@ pub(crate) fn replay(
                 .or_raise_spi("dead letters");
             client
                 .update(
-                    "UPDATE fetch_etl.dead_letters d SET reason_code = t.c, reason = t.r \
+                    "UPDATE fetch_etl.dead_letters d SET reason_code = t.c, reason = t.r, \
+                            replay_attempts = d.replay_attempts OPERATOR(pg_catalog.+) 1, \
+                            last_replay_at = pg_catalog.now() \
                      FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.text[]), \
                                      pg_catalog.unnest($3::pg_catalog.text[])) AS t(id, c, r) \
                      WHERE d.dead_letter_id OPERATOR(pg_catalog.=) t.id",

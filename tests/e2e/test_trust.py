@@ -179,6 +179,28 @@ def rss_anon_kb(pid):
     return 0
 
 
+def peak_growth_mb(pid, run):
+    """Calls run() while sampling backend `pid`'s private memory every 5 ms;
+    returns run()'s result and the peak growth in MB."""
+    before = rss_anon_kb(pid)
+    peak = [before]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_anon_kb(pid))
+            time.sleep(0.005)
+
+    t = threading.Thread(target=sample)
+    t.start()
+    try:
+        result = run()
+    finally:
+        done.set()
+        t.join()
+    return result, (peak[0] - before) / 1024
+
+
 def test_memory_peak_stays_under_256_mb_whatever_a_role_sets(db, role):
     """400 messages of 900 KiB, with the largest batch size and concurrency a
     non-superuser may set: 0.1.0 held them all (batch_size up to 100,000, 64
@@ -200,28 +222,32 @@ def test_memory_peak_stays_under_256_mb_whatever_a_role_sets(db, role):
                     pass  # a bound lower than 0.1.0's is the fix, not a failure
             pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
             c.execute("SELECT 1 FROM user_logins LIMIT 1")
-            before = rss_anon_kb(pid)
-            peak = [before]
-            done = threading.Event()
-
-            def sample():
-                while not done.is_set():
-                    peak[0] = max(peak[0], rss_anon_kb(pid))
-                    time.sleep(0.005)
-
-            t = threading.Thread(target=sample)
-            t.start()
-            try:
-                row = drain(c, f"http://127.0.0.1:{fake.port}/000000000000/big", max_messages=400)
-            finally:
-                done.set()
-                t.join()
+            row, growth_mb = peak_growth_mb(
+                pid, lambda: drain(c, f"http://127.0.0.1:{fake.port}/000000000000/big", max_messages=400))
             assert counts(row) == (400, 400, 0, 0), [entry for entry in fake.log if not entry[-1]]
-        growth_mb = (peak[0] - before) / 1024
-        print(f"backend private memory: {before / 1024:.0f} MB before, peak +{growth_mb:.0f} MB")
+        print(f"backend private memory: peak +{growth_mb:.0f} MB")
         assert growth_mb < 256, f"peak growth {growth_mb:.0f} MB"
     finally:
         fake.close()
+
+
+def test_memory_a_replay_of_large_dead_letters_stays_bounded(pg):
+    """Anyone who can send to the queue can leave 1 MiB dead letters; 0.3.0's
+    replay read every row it took into memory at once (300 of 900 KiB: 270 MB
+    in SPI, as much again in its copies). Now a page is sized first and its
+    bodies are read in runs of 8 MiB, each freed before the next."""
+    pg.execute(USER_LOGINS_DDL)
+    pg.execute(
+        "INSERT INTO fetch_etl.dead_letters (run_id, queue_url, message_id, body, reason_code, reason)"
+        " SELECT 0, 'http://localhost:1/000000000000/q', 'm' || i, repeat(md5(i::text), 900 * 32), 'invalid_json', 'x'"
+        " FROM generate_series(1, 300) i")
+    pid = pg.execute("SELECT pg_backend_pid()").fetchone()[0]
+    pg.execute("SELECT 1 FROM user_logins LIMIT 1")
+    row, growth_mb = peak_growth_mb(
+        pid, lambda: pg.execute("SELECT * FROM fetch_etl.replay_dead_letters(max_rows => 300, any_target => true)").fetchone())
+    assert row == (300, 0, 300)
+    print(f"backend private memory during the replay: peak +{growth_mb:.0f} MB")
+    assert growth_mb < 100, f"peak growth {growth_mb:.0f} MB"
 
 
 # ---------------------------------------------------------------- interrupt_*
@@ -384,6 +410,47 @@ def test_replay_a_forged_dead_letter_is_not_loaded_into_another_table(db, aws_ke
         # widening the replay is explicit
         assert op.execute("SELECT * FROM fetch_etl.replay_dead_letters(target_table => 'ops.user_logins',"
                           " any_target => true)").fetchone() == (1, 1, 0)
+
+
+def test_replay_dead_letters_that_fail_again_do_not_block_the_ones_behind_them(pg, sqs):
+    """0.3.0 took dead letters in id order only: the first max_rows rows that
+    could never load were taken by every replay, and the fixable ones behind
+    them never were."""
+    pg.execute(USER_LOGINS_DDL.replace("device_type varchar(32)", "device_type varchar(32) CHECK (device_type <> 'ios')"))
+    _, hopeless = make_queue(sqs, [json.dumps({"not": "a login"}) for _ in range(3)])
+    _, fixable = make_queue(sqs, [json.dumps(dict(VALID[i], device_type="ios")) for i in range(3)])
+    assert counts(drain(pg, hopeless)) == (3, 0, 3, 0)
+    assert counts(drain(pg, fixable)) == (3, 0, 3, 0)
+    pg.execute("ALTER TABLE user_logins DROP CONSTRAINT user_logins_device_type_check")
+    replay = "SELECT * FROM fetch_etl.replay_dead_letters(max_rows => 3)"
+    assert pg.execute(replay).fetchone() == (3, 0, 3), "the oldest three, which fail again"
+    assert pg.execute(replay).fetchone() == (3, 3, 0), "then the three never tried, not the same three again"
+    assert pg.execute("SELECT count(*) FROM user_logins").fetchone() == (3,)
+    assert pg.execute(replay).fetchone() == (3, 0, 3)
+    left = pg.execute("SELECT reason_code, replay_attempts FROM fetch_etl.dead_letters"
+                      " WHERE replayed_at IS NULL").fetchall()
+    assert left == [("not_login_event", 2)] * 3
+
+
+def test_prune_a_granted_role_cannot_drop_ledger_entries_a_redelivery_needs(db, role):
+    """A message whose delete failed comes back until the queue's retention
+    (up to 14 days) ends, and only its ledger entry keeps it from loading
+    twice. 0.3.0 let any role granted prune keep 1 hour of ledger."""
+    with connect(db) as admin:
+        admin.execute(f"GRANT EXECUTE ON FUNCTION fetch_etl.prune(interval, interval, interval) TO {role}")
+        admin.execute("INSERT INTO fetch_etl.processed_messages (message_id, run_id, processed_at)"
+                      " VALUES ('m-2-days-old', 1, now() - interval '2 days')")
+    with connect(db) as op:
+        op.execute(f"SET SESSION AUTHORIZATION {role}")
+        with pytest.raises(psycopg.Error) as e:
+            op.execute("SELECT * FROM fetch_etl.prune(keep_ledger => interval '1 day')")
+        assert e.value.sqlstate == "42501"
+        assert "14 days" in str(e.value)
+        assert op.execute("SELECT * FROM fetch_etl.prune()").fetchone() == (0, 0, 0)
+    with connect(db) as admin:
+        assert admin.execute("SELECT count(*) FROM fetch_etl.processed_messages").fetchone() == (1,)
+        # a superuser session may, with the hint's warning
+        assert admin.execute("SELECT * FROM fetch_etl.prune(keep_ledger => interval '1 day')").fetchone() == (0, 1, 0)
 
 
 # ---------------------------------------------------------------- poison_*

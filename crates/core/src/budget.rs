@@ -50,6 +50,30 @@ const STORE_COPIES: usize = 4;
 
 const _: () = assert!(STORE_FLUSH_BYTES < PUMP_HIGH_WATER);
 
+/// Dead letters one page of a replay locks and sizes (ids and lengths only);
+/// their bodies are then read in runs of at most [`STORE_FLUSH_BYTES`], as a
+/// drain stores its batches, so a replay's memory does not grow with
+/// `max_rows` or with the bodies' sizes.
+pub const REPLAY_PAGE_ROWS: usize = 1000;
+
+/// `sizes` cut into consecutive runs whose total is at most `budget` bytes;
+/// an item larger than `budget` is a run of its own. Never an empty run.
+pub fn byte_runs(sizes: &[usize], budget: usize) -> Vec<std::ops::Range<usize>> {
+    let mut runs = Vec::new();
+    let (mut start, mut total) = (0, 0usize);
+    for (i, &n) in sizes.iter().enumerate() {
+        if i > start && total.saturating_add(n) > budget {
+            runs.push(start..i);
+            (start, total) = (i, 0);
+        }
+        total = total.saturating_add(n);
+    }
+    if start < sizes.len() {
+        runs.push(start..sizes.len());
+    }
+    runs
+}
+
 /// What one drain may hold with `concurrency` calls in flight.
 pub const fn worst_case_bytes(concurrency: usize) -> usize {
     concurrency * MAX_REPLY_BYTES
@@ -82,5 +106,31 @@ mod tests {
             settings::MAX_RECEIVE_CONCURRENCY.access,
             settings::Access::Superuser
         );
+    }
+
+    #[test]
+    fn byte_runs_stay_within_the_budget_and_cover_everything_once() {
+        assert_eq!(byte_runs(&[], 10), Vec::<std::ops::Range<usize>>::new());
+        assert_eq!(byte_runs(&[3, 3, 3, 3], 6), vec![0..2, 2..4]);
+        assert_eq!(byte_runs(&[3, 3, 3, 3], 7), vec![0..2, 2..4]);
+        assert_eq!(byte_runs(&[3, 3, 3, 3], 12), vec![0..4]);
+        // a body larger than the budget is read alone, never skipped
+        assert_eq!(byte_runs(&[1, 50, 1, 1], 10), vec![0..1, 1..2, 2..4]);
+        assert_eq!(byte_runs(&[50], 10), vec![0..1]);
+        assert_eq!(
+            byte_runs(&[0, 0, usize::MAX, 0], 10),
+            vec![0..2, 2..3, 3..4]
+        );
+        let sizes: Vec<usize> = (0..1000).map(|i| (i * 7919) % 3_000_000).collect();
+        let runs = byte_runs(&sizes, STORE_FLUSH_BYTES);
+        let mut next = 0;
+        for r in &runs {
+            assert_eq!(r.start, next);
+            assert!(!r.is_empty());
+            let total: usize = sizes[r.clone()].iter().sum();
+            assert!(total <= STORE_FLUSH_BYTES || r.len() == 1, "{r:?} {total}");
+            next = r.end;
+        }
+        assert_eq!(next, sizes.len());
     }
 }
