@@ -27,8 +27,7 @@ SELECT pg_catalog.pg_extension_config_dump('fetch_etl.mask_keys', '');
 -- The PII vault: the only place raw values are kept, for unmask().
 CREATE TABLE fetch_etl.pii_vault (
     -- COLLATE "C": masks are ASCII hex; bytewise comparison is all they need, and cheaper.
-    -- octet_length, not length: a header read instead of a character count per row written (0.4.0)
-    masked      text        COLLATE "C" PRIMARY KEY CHECK (pg_catalog.octet_length(masked) = 64),
+    masked      text        COLLATE "C" PRIMARY KEY CHECK (pg_catalog.length(masked) = 64),
     raw         text        NOT NULL,
     first_seen  timestamptz NOT NULL DEFAULT pg_catalog.now()
 );

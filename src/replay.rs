@@ -78,7 +78,8 @@ pub(crate) fn replay(
 
 /// Locks the next page of dead letters to replay (skipping rows another
 /// replay holds: each is replayed by one session at a time), with their
-/// body sizes. Rows a replay of this transaction refused are not taken again.
+/// body sizes. Rows a replay of this transaction refused (their
+/// `last_replay_at` is this transaction's start) are not taken again.
 fn lock_page(
     owner: pg_sys::Oid,
     queue_url: Option<&str>,
@@ -94,7 +95,7 @@ fn lock_page(
                     "SELECT dead_letter_id, pg_catalog.octet_length(body)::pg_catalog.int8 \
                      FROM fetch_etl.dead_letters \
                      WHERE replayed_at IS NULL \
-                       AND (last_replay_at IS NULL OR last_replay_at OPERATOR(pg_catalog.<) pg_catalog.now()) \
+                       AND last_replay_at IS DISTINCT FROM pg_catalog.now() \
                        AND ($1::pg_catalog.text IS NULL OR queue_url OPERATOR(pg_catalog.=) $1) \
                        AND ($2::pg_catalog.text IS NULL OR reason_code OPERATOR(pg_catalog.=) $2) \
                        AND ($4 OR target_table OPERATOR(pg_catalog.=) $5) \

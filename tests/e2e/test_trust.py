@@ -432,25 +432,55 @@ def test_replay_dead_letters_that_fail_again_do_not_block_the_ones_behind_them(p
     assert left == [("not_login_event", 2)] * 3
 
 
+def test_replay_takes_each_dead_letter_once_across_pages_and_calls(pg):
+    """Pages of 1,000: 2,100 dead letters that fail again are each taken once
+    by one call, and a second call in the same transaction takes none."""
+    pg.execute(USER_LOGINS_DDL)
+    pg.execute(
+        "INSERT INTO fetch_etl.dead_letters (run_id, queue_url, message_id, body, reason_code, reason)"
+        " SELECT 0, 'http://localhost:1/000000000000/q', 'm' || i, '{not json', 'invalid_json', 'x'"
+        " FROM generate_series(1, 2100) i")
+    replay = "SELECT * FROM fetch_etl.replay_dead_letters(max_rows => 5000, any_target => true)"
+    with pg.transaction():
+        assert pg.execute(replay).fetchone() == (2100, 0, 2100)
+        assert pg.execute(replay).fetchone() == (0, 0, 0)
+    assert pg.execute("SELECT replay_attempts, count(*) FROM fetch_etl.dead_letters"
+                      " GROUP BY 1").fetchall() == [(1, 2100)]
+    assert pg.execute("SELECT * FROM fetch_etl.replay_dead_letters(max_rows => 1500, any_target => true)"
+                      ).fetchone() == (1500, 0, 1500)
+    assert pg.execute("SELECT replay_attempts, count(*) FROM fetch_etl.dead_letters"
+                      " GROUP BY 1 ORDER BY 1").fetchall() == [(1, 600), (2, 1500)]
+
+
 def test_prune_a_granted_role_cannot_drop_ledger_entries_a_redelivery_needs(db, role):
     """A message whose delete failed comes back until the queue's retention
     (up to 14 days) ends, and only its ledger entry keeps it from loading
-    twice. 0.3.0 let any role granted prune keep 1 hour of ledger."""
+    twice. 0.3.0 let a role granted prune keep 1 hour of ledger, and compared
+    intervals, which count a month as 30 days: '-1200 mons 36014 days' passed
+    as 14 days but put the cutoff 500 days in the future."""
     with connect(db) as admin:
         admin.execute(f"GRANT EXECUTE ON FUNCTION fetch_etl.prune(interval, interval, interval) TO {role}")
         admin.execute("INSERT INTO fetch_etl.processed_messages (message_id, run_id, processed_at)"
                       " VALUES ('m-2-days-old', 1, now() - interval '2 days')")
+        admin.execute("INSERT INTO fetch_etl.drain_runs (queue_url, target_table, max_messages, wait_seconds, started_at)"
+                      " VALUES ('http://localhost:1/000000000000/q', 'user_logins', 1, 0, now() - interval '2 hours')")
     with connect(db) as op:
         op.execute(f"SET SESSION AUTHORIZATION {role}")
-        with pytest.raises(psycopg.Error) as e:
-            op.execute("SELECT * FROM fetch_etl.prune(keep_ledger => interval '1 day')")
-        assert e.value.sqlstate == "42501"
-        assert "14 days" in str(e.value)
+        for args in ["keep_ledger => interval '1 day'",
+                     "keep_ledger => interval '-1200 mons 36014 days'",
+                     "keep_runs => interval '-1200 mons 36000 days 1 hour'",
+                     "keep_replayed => interval '-1200 mons 36000 days 1 hour'"]:
+            with pytest.raises(psycopg.Error) as e:
+                op.execute(f"SELECT * FROM fetch_etl.prune({args})")
+            assert e.value.sqlstate == "22023", args
         assert op.execute("SELECT * FROM fetch_etl.prune()").fetchone() == (0, 0, 0)
+        assert op.execute("SELECT * FROM fetch_etl.prune(keep_runs => interval '1 hour')").fetchone() == (1, 0, 0)
     with connect(db) as admin:
+        # nor through a superuser's prune: it is the function's floor, not a privilege
+        with pytest.raises(psycopg.Error) as e:
+            admin.execute("SELECT * FROM fetch_etl.prune(keep_ledger => interval '1 day')")
+        assert "14 days" in str(e.value)
         assert admin.execute("SELECT count(*) FROM fetch_etl.processed_messages").fetchone() == (1,)
-        # a superuser session may, with the hint's warning
-        assert admin.execute("SELECT * FROM fetch_etl.prune(keep_ledger => interval '1 day')").fetchone() == (0, 1, 0)
 
 
 # ---------------------------------------------------------------- poison_*

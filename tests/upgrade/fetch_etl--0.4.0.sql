@@ -38,8 +38,7 @@ SELECT pg_catalog.pg_extension_config_dump('fetch_etl.mask_keys', '');
 -- The PII vault: the only place raw values are kept, for unmask().
 CREATE TABLE fetch_etl.pii_vault (
     -- COLLATE "C": masks are ASCII hex; bytewise comparison is all they need, and cheaper.
-    -- octet_length, not length: a header read instead of a character count per row written (0.4.0)
-    masked      text        COLLATE "C" PRIMARY KEY CHECK (pg_catalog.octet_length(masked) = 64),
+    masked      text        COLLATE "C" PRIMARY KEY CHECK (pg_catalog.length(masked) = 64),
     raw         text        NOT NULL,
     first_seen  timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
@@ -296,18 +295,21 @@ CREATE FUNCTION fetch_etl.prune(
     SET search_path = ''
 AS $$
 BEGIN
-    IF keep_runs < interval '1 hour' OR keep_ledger < interval '1 hour' OR keep_replayed < interval '1 hour' THEN
-        RAISE EXCEPTION 'fetch_etl.prune keeps at least 1 hour of everything'
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Keep ledger entries at least as long as the queue''s MessageRetentionPeriod.';
+    -- The floors compare cutoffs, not intervals: interval comparison counts a
+    -- month as 30 days, subtraction does not, so '-1200 mons 36014 days'
+    -- "equals" 14 days yet puts the cutoff 500 days in the future.
+    IF pg_catalog.now() - keep_runs > pg_catalog.now() - interval '1 hour'
+       OR pg_catalog.now() - keep_replayed > pg_catalog.now() - interval '1 hour' THEN
+        RAISE EXCEPTION 'fetch_etl.prune keeps at least 1 hour of run records and replayed dead letters'
+            USING ERRCODE = 'invalid_parameter_value';
     END IF;
     -- A message whose delete failed comes back until the queue's retention
-    -- (at most 14 days) runs out; only its ledger entry keeps it from loading
-    -- twice. A role granted prune may not shorten that; a superuser session may.
-    IF keep_ledger < interval '14 days' AND NOT coalesce(
-           (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) SESSION_USER), false) THEN
-        RAISE EXCEPTION 'only a superuser may keep ledger entries for less than 14 days'
-            USING ERRCODE = 'insufficient_privilege',
+    -- (at most 14 days) runs out, and only its ledger entry keeps it from
+    -- loading twice. prune, which operators are granted, never keeps less; a
+    -- superuser who must can DELETE from fetch_etl.processed_messages.
+    IF pg_catalog.now() - keep_ledger > pg_catalog.now() - interval '14 days' THEN
+        RAISE EXCEPTION 'fetch_etl.prune keeps at least 14 days of ledger entries'
+            USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'SQS redelivers a message whose delete failed until its MessageRetentionPeriod (at most 14 days) ends; without its ledger entry it would be loaded twice.';
     END IF;
     DELETE FROM fetch_etl.drain_runs WHERE started_at < pg_catalog.now() - keep_runs;

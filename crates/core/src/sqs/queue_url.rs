@@ -62,6 +62,18 @@ impl QueueRef {
         if authority.is_empty() {
             return Err(bad("no host"));
         }
+        // The host is read here and by the URL parser (for the endpoint): they
+        // must agree. The parser also ends a host at `\`, `?` or `#`, so
+        // `http://localhost\sqs.us-east-1.amazonaws.com/1/q` would go to
+        // localhost under the lock key and region of an AWS queue.
+        if !authority
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | ':' | '[' | ']'))
+        {
+            return Err(bad(
+                "the host may hold only letters, digits, '-', '.', '_', a port and IPv6 brackets",
+            ));
+        }
         if path.contains('?') || path.contains('#') {
             return Err(bad("a queue URL has no query string or fragment"));
         }
@@ -290,6 +302,34 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e, SqsError::InvalidConfig(_)));
         assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn lock_a_host_the_url_parser_reads_differently_cannot_borrow_another_queues_lock() {
+        for url in [
+            "http://localhost\\sqs.us-east-1.amazonaws.com/123456789012/q",
+            "https://sqs.us-east-1.amazonaws.com\\@evil/123456789012/q",
+            "http://localhost%2f.sqs.us-east-1.amazonaws.com/123456789012/q",
+            "http://local host/1/q",
+        ] {
+            assert!(
+                matches!(
+                    QueueRef::parse(url, None),
+                    Err(SqsError::InvalidQueueUrl { .. })
+                ),
+                "{url}"
+            );
+        }
+        // what real and emulator queue URLs use still parses
+        for url in [
+            "https://sqs.us-east-1.amazonaws.com/123456789012/q",
+            "http://[::1]:4566/000000000000/q",
+            "http://my_host:4566/000000000000/q",
+        ] {
+            assert!(QueueRef::parse(url, None).is_ok(), "{url}");
+        }
+        let fauxqs = "http://sqs.us-east-1.127.0.0.1:4599/000000000000/q";
+        assert!(QueueRef::parse(fauxqs, Some("http://127.0.0.1:4599")).is_ok());
     }
 
     #[test]
