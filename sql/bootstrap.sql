@@ -36,6 +36,21 @@ COMMENT ON TABLE fetch_etl.pii_vault IS
 REVOKE ALL ON TABLE fetch_etl.pii_vault FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('fetch_etl.pii_vault', '');
 
+-- Vault pairs a drain could not add because another session held the same
+-- mask uncommitted beyond fetch_etl.ledger_wait_timeout (0.4.0). Written in
+-- the drain's own transaction, so the value survives should that session roll
+-- back; unmask() reads them after the vault, prune() moves them into it.
+CREATE TABLE fetch_etl.pii_vault_pending (
+    masked      text        COLLATE "C" NOT NULL CHECK (pg_catalog.length(masked) = 64),
+    raw         text        NOT NULL,
+    added_at    timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+CREATE INDEX pii_vault_pending_masked ON fetch_etl.pii_vault_pending (masked);
+COMMENT ON TABLE fetch_etl.pii_vault_pending IS
+    'fetch_etl: mask -> raw value pairs waiting to enter pii_vault (moved by prune()). Contains PII; readable by the owner only.';
+REVOKE ALL ON TABLE fetch_etl.pii_vault_pending FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('fetch_etl.pii_vault_pending', '');
+
 -- One row per sqs_drain call, written in the drain's own transaction.
 CREATE SEQUENCE fetch_etl.drain_runs_run_id_seq;
 CREATE TABLE fetch_etl.drain_runs (

@@ -7,6 +7,10 @@
 -- - prune keeps ledger entries at least 14 days (SQS's longest retention);
 --   shorter would let a message whose delete failed load twice. Its floors
 --   compare the cutoffs, so an interval of mixed signs cannot pass them.
+-- - Vault pairs whose mask another session held uncommitted too long go to
+--   fetch_etl.pii_vault_pending in the drain's transaction instead of being
+--   skipped (lost, should that session roll back); unmask() reads them, and
+--   prune() moves them into the vault.
 --
 -- Takes a brief ACCESS EXCLUSIVE lock on fetch_etl.dead_letters (the new
 -- columns have constant defaults: no rewrite) and builds an index on it.
@@ -19,7 +23,31 @@ ALTER TABLE fetch_etl.dead_letters
 CREATE INDEX dead_letters_replay_order ON fetch_etl.dead_letters (last_replay_at NULLS FIRST, dead_letter_id)
     WHERE replayed_at IS NULL;
 
--- The same signature: OR REPLACE keeps its owner, comment and grants.
+-- Vault pairs a drain could not add because another session held the same
+-- mask uncommitted beyond fetch_etl.ledger_wait_timeout (0.4.0). Written in
+-- the drain's own transaction, so the value survives should that session roll
+-- back; unmask() reads them after the vault, prune() moves them into it.
+CREATE TABLE fetch_etl.pii_vault_pending (
+    masked      text        COLLATE "C" NOT NULL CHECK (pg_catalog.length(masked) = 64),
+    raw         text        NOT NULL,
+    added_at    timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+CREATE INDEX pii_vault_pending_masked ON fetch_etl.pii_vault_pending (masked);
+COMMENT ON TABLE fetch_etl.pii_vault_pending IS
+    'fetch_etl: mask -> raw value pairs waiting to enter pii_vault (moved by prune()). Contains PII; readable by the owner only.';
+REVOKE ALL ON TABLE fetch_etl.pii_vault_pending FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('fetch_etl.pii_vault_pending', '');
+
+-- The same signatures: OR REPLACE keeps their owner, comments and grants.
+CREATE OR REPLACE FUNCTION fetch_etl.unmask(masked text) RETURNS text
+    LANGUAGE sql STABLE STRICT PARALLEL SAFE SECURITY DEFINER
+    SET search_path = ''
+AS $$
+    SELECT coalesce(
+        (SELECT v.raw FROM fetch_etl.pii_vault AS v WHERE v.masked = unmask.masked),
+        (SELECT p.raw FROM fetch_etl.pii_vault_pending AS p WHERE p.masked = unmask.masked LIMIT 1))
+$$;
+
 CREATE OR REPLACE FUNCTION fetch_etl.prune(
     keep_runs     interval DEFAULT interval '30 days',
     keep_ledger   interval DEFAULT interval '14 days',
@@ -52,6 +80,12 @@ BEGIN
     GET DIAGNOSTICS ledger = ROW_COUNT;
     DELETE FROM fetch_etl.dead_letters WHERE replayed_at < pg_catalog.now() - keep_replayed;
     GET DIAGNOSTICS replayed_dead_letters = ROW_COUNT;
+    -- Vault pairs a drain left pending move into the vault: one statement, so
+    -- no pair committed meanwhile is deleted without being moved.
+    WITH moved AS (DELETE FROM fetch_etl.pii_vault_pending RETURNING masked, raw)
+    INSERT INTO fetch_etl.pii_vault (masked, raw)
+        SELECT DISTINCT ON (m.masked) m.masked, m.raw FROM moved AS m ORDER BY m.masked
+        ON CONFLICT (masked) DO NOTHING;
     RETURN NEXT;
 END
 $$;

@@ -10,7 +10,9 @@ CREATE FUNCTION fetch_etl.unmask(masked text) RETURNS text
     LANGUAGE sql STABLE STRICT PARALLEL SAFE SECURITY DEFINER
     SET search_path = ''
 AS $$
-    SELECT v.raw FROM fetch_etl.pii_vault AS v WHERE v.masked = unmask.masked
+    SELECT coalesce(
+        (SELECT v.raw FROM fetch_etl.pii_vault AS v WHERE v.masked = unmask.masked),
+        (SELECT p.raw FROM fetch_etl.pii_vault_pending AS p WHERE p.masked = unmask.masked LIMIT 1))
 $$;
 COMMENT ON FUNCTION fetch_etl.unmask(text) IS
     'Original value of a mask from the PII vault, or NULL if unknown. EXECUTE must be granted explicitly.';
@@ -40,7 +42,8 @@ COMMENT ON FUNCTION fetch_etl.set_mask_key(bytea) IS
 
 -- Housekeeping, to schedule daily: drop old run records, ledger entries the
 -- queue can no longer redeliver (SQS keeps messages at most 14 days), and dead
--- letters that were replayed. Dead letters not yet replayed are kept.
+-- letters that were replayed. Dead letters not yet replayed are kept. Moves
+-- pending vault pairs into the vault.
 CREATE FUNCTION fetch_etl.prune(
     keep_runs     interval DEFAULT interval '30 days',
     keep_ledger   interval DEFAULT interval '14 days',
@@ -73,6 +76,12 @@ BEGIN
     GET DIAGNOSTICS ledger = ROW_COUNT;
     DELETE FROM fetch_etl.dead_letters WHERE replayed_at < pg_catalog.now() - keep_replayed;
     GET DIAGNOSTICS replayed_dead_letters = ROW_COUNT;
+    -- Vault pairs a drain left pending move into the vault: one statement, so
+    -- no pair committed meanwhile is deleted without being moved.
+    WITH moved AS (DELETE FROM fetch_etl.pii_vault_pending RETURNING masked, raw)
+    INSERT INTO fetch_etl.pii_vault (masked, raw)
+        SELECT DISTINCT ON (m.masked) m.masked, m.raw FROM moved AS m ORDER BY m.masked
+        ON CONFLICT (masked) DO NOTHING;
     RETURN NEXT;
 END
 $$;

@@ -51,6 +51,12 @@ const VAULT_SQL: &str = "INSERT INTO fetch_etl.pii_vault (masked, raw) \
      SELECT pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($2::pg_catalog.text[]) \
      ON CONFLICT (masked) DO NOTHING";
 
+/// Pairs whose mask another session holds uncommitted beyond the wait: kept
+/// in this transaction where no unique index makes anyone wait (see
+/// `flush_vault`). Rare, so not prepared.
+const VAULT_PENDING_SQL: &str = "INSERT INTO fetch_etl.pii_vault_pending (masked, raw) \
+     SELECT pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($2::pg_catalog.text[])";
+
 /// Parameters: message ids text[] (sorted), run id. The common case, every id
 /// new: one descent of the primary key per id (its unique check), where
 /// `ON CONFLICT` first probes the index, then inserts speculatively and
@@ -363,10 +369,11 @@ impl Store {
     /// duplicates, as the owner. Every caller of `load` ends with this.
     ///
     /// A mask another session inserted and has not committed is waited for at
-    /// most `fetch_etl.ledger_wait_timeout`; after that its pair is skipped
-    /// (the other session's commit stores the same value, since equal masks
-    /// mean equal values; should it roll back, the value is stored the next
-    /// time it is loaded). Nobody can stall a drain by holding a vault row.
+    /// most `fetch_etl.ledger_wait_timeout`; after that its pair goes to
+    /// `fetch_etl.pii_vault_pending` instead (no unique index: nothing to wait
+    /// for), in this transaction. Should the other session roll back, the
+    /// value is not lost: `unmask` reads pending pairs too, and `prune` moves
+    /// them into the vault. Nobody can stall a drain by holding a vault row.
     pub(crate) fn flush_vault(&mut self, client: &mut SpiClient<'_>) {
         let mut pairs = std::mem::take(&mut self.vault);
         if pairs.is_empty() {
@@ -400,7 +407,7 @@ impl Store {
             match slow {
                 Ok(r) => r.or_raise_spi("vault"),
                 Err(e) if e.is_lock_timeout() => {
-                    let mut skipped = 0;
+                    let mut held = Vec::new();
                     for pair in &pairs {
                         match insert(
                             &statements.vault,
@@ -408,13 +415,21 @@ impl Store {
                             Duration::from_millis(1),
                         ) {
                             Ok(r) => r.or_raise_spi("vault"),
-                            Err(e) if e.is_lock_timeout() => skipped += 1,
+                            Err(e) if e.is_lock_timeout() => held.push(pair),
                             Err(e) => e.rethrow(),
                         }
                     }
-                    pgrx::debug1!(
-                        "fetch_etl: {skipped} vault entries are being added by another session; left to it"
-                    );
+                    if !held.is_empty() {
+                        let masked: Vec<&str> = held.iter().map(|p| p.0.as_str()).collect();
+                        let raw: Vec<&str> = held.iter().map(|p| p.1.as_str()).collect();
+                        client
+                            .update(
+                                VAULT_PENDING_SQL,
+                                None,
+                                &[masked.as_slice().into(), raw.as_slice().into()],
+                            )
+                            .or_raise_spi("vault");
+                    }
                 }
                 Err(e) => e.rethrow(),
             }
@@ -454,13 +469,31 @@ impl Store {
             }
             Err(_) => {}
         }
-        // A row refused the whole statement: find it (and any others) row by row.
+        // A row refused the whole statement: find it (and any others) by
+        // halving the ranges that fail, left half first, so rows go in (and
+        // refusals come out) in batch order. A few subtransactions per refused
+        // row (about 2 log2 n), not one per row of the batch: a transaction
+        // with more than 64 subtransaction ids slows every snapshot in the
+        // cluster until it ends.
         let mut refused = Vec::new();
-        for i in 0..n {
+        let mid = n / 2;
+        let mut failing = vec![mid..n, 0..mid];
+        while let Some(range) = failing.pop() {
+            if range.is_empty() {
+                continue;
+            }
             pgrx::check_for_interrupts!();
-            match insert(i..i + 1) {
+            match insert(range.clone()) {
                 Ok(r) => r.or_raise_spi("insert"),
-                Err(e) if e.is_row_error() => refused.push((i, e.describe())),
+                Err(e) if e.is_row_error() => {
+                    if range.len() == 1 {
+                        refused.push((range.start, e.describe()));
+                    } else {
+                        let mid = range.start + range.len() / 2;
+                        failing.push(mid..range.end);
+                        failing.push(range.start..mid);
+                    }
+                }
                 Err(e) => e.rethrow(),
             }
         }

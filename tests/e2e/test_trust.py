@@ -483,6 +483,63 @@ def test_prune_a_granted_role_cannot_drop_ledger_entries_a_redelivery_needs(db, 
         assert admin.execute("SELECT count(*) FROM fetch_etl.processed_messages").fetchone() == (1,)
 
 
+def test_vault_a_value_survives_the_rollback_of_a_drain_that_held_its_mask(db, aws_key, sqs):
+    """Drain A loads an IP and keeps its transaction open; drain B loads the
+    same IP, waits ledger_wait_timeout for A's vault row, and commits. 0.3.0
+    left the pair to A, so when A rolled back (by accident, or on purpose: any
+    role granted sqs_drain can), B's row had a mask unmask could not recover."""
+    ev = VALID[0]
+    _, url_a = make_queue(sqs, [json.dumps(ev)])
+    _, url_b = make_queue(sqs, [json.dumps(dict(ev, user_id="someone-else"))])
+    with connect(db) as admin:
+        admin.execute(USER_LOGINS_DDL)
+    a, b = connect(db), connect(db)
+    for c in (a, b):
+        set_credentials(c, aws_key)
+    try:
+        a.autocommit = False
+        assert counts(drain(a, url_a)) == (1, 1, 0, 0)  # A holds the vault rows, uncommitted
+        b.execute("SET fetch_etl.ledger_wait_timeout = '200ms'")
+        assert counts(drain(b, url_b)) == (1, 1, 0, 0)  # committed
+        a.rollback()
+    finally:
+        a.close(), b.close()
+    with connect(db) as admin:
+        got = admin.execute("SELECT fetch_etl.unmask(masked_ip), fetch_etl.unmask(masked_device_id)"
+                            " FROM user_logins").fetchall()
+        assert got == [(ev["ip"], ev["device_id"])]
+        assert admin.execute("SELECT count(*) FROM fetch_etl.pii_vault_pending").fetchone() == (2,)
+        admin.execute("SELECT * FROM fetch_etl.prune()")
+        assert admin.execute("SELECT count(*) FROM fetch_etl.pii_vault_pending").fetchone() == (0,)
+        assert admin.execute("SELECT fetch_etl.unmask(masked_ip) FROM user_logins").fetchall() == [(ev["ip"],)]
+        assert admin.execute("SELECT raw FROM fetch_etl.pii_vault WHERE masked = fetch_etl.mask_pii(%s)",
+                             (ev["ip"],)).fetchall() == [(ev["ip"],)]
+
+
+def test_subxact_a_refused_row_costs_a_few_subtransactions_not_one_per_row(pg, sqs):
+    """0.3.0 retried a batch the table refused row by row, one subtransaction
+    each: one bad row in a batch of 400 meant 400 subtransaction ids in the
+    drain's transaction, past the 64 a backend caches, which slows every
+    snapshot in the cluster until it commits. Counted here with a sequence a
+    statement trigger advances (sequences ignore rollbacks): each insert
+    statement the drain runs into the target is one subtransaction."""
+    pg.execute(USER_LOGINS_DDL.replace("device_type varchar(32)", "device_type varchar(32) CHECK (device_type <> 'ios')"))
+    pg.execute("CREATE SEQUENCE target_statements")
+    pg.execute("CREATE FUNCTION count_statement() RETURNS trigger LANGUAGE plpgsql AS"
+               " $$BEGIN PERFORM nextval('target_statements'); RETURN NULL; END$$")
+    pg.execute("CREATE TRIGGER counted BEFORE INSERT ON user_logins FOR EACH STATEMENT EXECUTE FUNCTION count_statement()")
+    bodies = [json.dumps(dict(VALID[i % 50], user_id=f"u{i}", device_type="android")) for i in range(400)]
+    bodies[137] = json.dumps(dict(VALID[0], user_id="the-bad-one", device_type="ios"))
+    _, url = make_queue(sqs, bodies)
+    pg.execute("SET fetch_etl.batch_size = 400")
+    assert counts(drain(pg, url, max_messages=400)) == (400, 399, 1, 0)
+    assert pg.execute("SELECT user_id FROM fetch_etl.dead_letters d, json_to_record(d.body::json) AS b(user_id text)"
+                      ).fetchall() == [("the-bad-one",)]
+    statements = pg.execute("SELECT last_value FROM target_statements").fetchone()[0]
+    print(f"insert statements (subtransactions) into the target: {statements}")
+    assert statements <= 2 + 2 * 9, statements  # the batch, then two halves per level of a 400-row search
+
+
 # ---------------------------------------------------------------- poison_*
 
 

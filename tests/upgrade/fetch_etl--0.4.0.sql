@@ -47,6 +47,21 @@ COMMENT ON TABLE fetch_etl.pii_vault IS
 REVOKE ALL ON TABLE fetch_etl.pii_vault FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('fetch_etl.pii_vault', '');
 
+-- Vault pairs a drain could not add because another session held the same
+-- mask uncommitted beyond fetch_etl.ledger_wait_timeout (0.4.0). Written in
+-- the drain's own transaction, so the value survives should that session roll
+-- back; unmask() reads them after the vault, prune() moves them into it.
+CREATE TABLE fetch_etl.pii_vault_pending (
+    masked      text        COLLATE "C" NOT NULL CHECK (pg_catalog.length(masked) = 64),
+    raw         text        NOT NULL,
+    added_at    timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+CREATE INDEX pii_vault_pending_masked ON fetch_etl.pii_vault_pending (masked);
+COMMENT ON TABLE fetch_etl.pii_vault_pending IS
+    'fetch_etl: mask -> raw value pairs waiting to enter pii_vault (moved by prune()). Contains PII; readable by the owner only.';
+REVOKE ALL ON TABLE fetch_etl.pii_vault_pending FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('fetch_etl.pii_vault_pending', '');
+
 -- One row per sqs_drain call, written in the drain's own transaction.
 CREATE SEQUENCE fetch_etl.drain_runs_run_id_seq;
 CREATE TABLE fetch_etl.drain_runs (
@@ -255,7 +270,9 @@ CREATE FUNCTION fetch_etl.unmask(masked text) RETURNS text
     LANGUAGE sql STABLE STRICT PARALLEL SAFE SECURITY DEFINER
     SET search_path = ''
 AS $$
-    SELECT v.raw FROM fetch_etl.pii_vault AS v WHERE v.masked = unmask.masked
+    SELECT coalesce(
+        (SELECT v.raw FROM fetch_etl.pii_vault AS v WHERE v.masked = unmask.masked),
+        (SELECT p.raw FROM fetch_etl.pii_vault_pending AS p WHERE p.masked = unmask.masked LIMIT 1))
 $$;
 COMMENT ON FUNCTION fetch_etl.unmask(text) IS
     'Original value of a mask from the PII vault, or NULL if unknown. EXECUTE must be granted explicitly.';
@@ -285,7 +302,8 @@ COMMENT ON FUNCTION fetch_etl.set_mask_key(bytea) IS
 
 -- Housekeeping, to schedule daily: drop old run records, ledger entries the
 -- queue can no longer redeliver (SQS keeps messages at most 14 days), and dead
--- letters that were replayed. Dead letters not yet replayed are kept.
+-- letters that were replayed. Dead letters not yet replayed are kept. Moves
+-- pending vault pairs into the vault.
 CREATE FUNCTION fetch_etl.prune(
     keep_runs     interval DEFAULT interval '30 days',
     keep_ledger   interval DEFAULT interval '14 days',
@@ -318,6 +336,12 @@ BEGIN
     GET DIAGNOSTICS ledger = ROW_COUNT;
     DELETE FROM fetch_etl.dead_letters WHERE replayed_at < pg_catalog.now() - keep_replayed;
     GET DIAGNOSTICS replayed_dead_letters = ROW_COUNT;
+    -- Vault pairs a drain left pending move into the vault: one statement, so
+    -- no pair committed meanwhile is deleted without being moved.
+    WITH moved AS (DELETE FROM fetch_etl.pii_vault_pending RETURNING masked, raw)
+    INSERT INTO fetch_etl.pii_vault (masked, raw)
+        SELECT DISTINCT ON (m.masked) m.masked, m.raw FROM moved AS m ORDER BY m.masked
+        ON CONFLICT (masked) DO NOTHING;
     RETURN NEXT;
 END
 $$;
