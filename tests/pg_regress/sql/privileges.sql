@@ -13,6 +13,7 @@ FROM pg_class c WHERE c.relnamespace = 'fetch_etl'::regnamespace AND c.relkind I
 SET ROLE fe_nobody;
 SELECT public.try('SELECT * FROM fetch_etl.mask_keys') AS read_keys;
 SELECT public.try('SELECT * FROM fetch_etl.pii_vault') AS read_vault;
+SELECT public.try('SELECT * FROM fetch_etl.pii_vault_pending') AS read_pending_vault;
 SELECT public.try('SELECT * FROM fetch_etl.queue_health') AS read_health;
 SELECT public.try('SELECT * FROM fetch_etl.dead_letters') AS read_dead_letters;
 -- Threat: a role without grants blocks every drain of a queue by locking it.
