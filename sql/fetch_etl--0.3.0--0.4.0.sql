@@ -38,7 +38,7 @@ COMMENT ON TABLE fetch_etl.pii_vault_pending IS
 REVOKE ALL ON TABLE fetch_etl.pii_vault_pending FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('fetch_etl.pii_vault_pending', '');
 
--- The same signatures: OR REPLACE keeps their owner, comments and grants.
+-- The same signatures: OR REPLACE keeps their owner and grants; new comments.
 CREATE OR REPLACE FUNCTION fetch_etl.unmask(masked text) RETURNS text
     LANGUAGE sql STABLE STRICT PARALLEL SAFE SECURITY DEFINER
     SET search_path = ''
@@ -89,3 +89,7 @@ BEGIN
     RETURN NEXT;
 END
 $$;
+COMMENT ON FUNCTION fetch_etl.unmask(text) IS
+    'Original value of a mask from the PII vault (or its pending pairs), or NULL if unknown. EXECUTE must be granted explicitly.';
+COMMENT ON FUNCTION fetch_etl.prune(interval, interval, interval) IS
+    'Housekeeping: delete run records, ledger entries (at least 14 days kept) and replayed dead letters older than the given ages; move pending vault pairs into the vault.';

@@ -15,7 +15,7 @@ AS $$
         (SELECT p.raw FROM fetch_etl.pii_vault_pending AS p WHERE p.masked = unmask.masked LIMIT 1))
 $$;
 COMMENT ON FUNCTION fetch_etl.unmask(text) IS
-    'Original value of a mask from the PII vault, or NULL if unknown. EXECUTE must be granted explicitly.';
+    'Original value of a mask from the PII vault (or its pending pairs), or NULL if unknown. EXECUTE must be granted explicitly.';
 
 -- Mask a value and record mask -> value in the vault (what the loader does).
 CREATE FUNCTION fetch_etl.mask_and_vault(value text) RETURNS text
@@ -86,7 +86,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION fetch_etl.prune(interval, interval, interval) IS
-    'Housekeeping: delete run records, ledger entries and replayed dead letters older than the given ages.';
+    'Housekeeping: delete run records, ledger entries (at least 14 days kept) and replayed dead letters older than the given ages; move pending vault pairs into the vault.';
 
 -- Drain repeatedly for up to time_budget, committing after each call, so that
 -- rows become visible and messages are deleted within seconds while a

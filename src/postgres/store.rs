@@ -30,6 +30,18 @@ use super::error::SpiOrRaise;
 use super::spi::{as_owner, in_subxact, with_lock_timeout};
 use super::{keystore, settings, target};
 
+/// `INSERT INTO <table> (masked, raw)` of the pairs ($1 masks, $2 values)
+/// whose mask the vault has not committed.
+macro_rules! pairs_not_in_vault_into {
+    ($table:literal) => {
+        concat!(
+            "INSERT INTO ", $table, " (masked, raw) \
+             SELECT t.m, t.r FROM (SELECT pg_catalog.unnest($1::pg_catalog.text[]) AS m, pg_catalog.unnest($2::pg_catalog.text[]) AS r) AS t \
+             WHERE NOT EXISTS (SELECT FROM fetch_etl.pii_vault v WHERE v.masked OPERATOR(pg_catalog.=) t.m OFFSET 0)"
+        )
+    };
+}
+
 /// Parameters: masked text[], raw text[], sorted by mask, so the inserts walk
 /// the primary key in order, unnested in a select list, not in FROM (see
 /// fetch_etl_core::target: no tuplestore copy). Pairs are collected across
@@ -41,9 +53,7 @@ use super::{keystore, settings, target};
 /// prepares anew), turns it into a hash anti-join that reads the whole vault
 /// on every flush: a cost that grew with the vault, forever (measured: a
 /// 20,000-message store 1.9x slower over a vault of 300,000 masks).
-const VAULT_SQL_FAST: &str = "INSERT INTO fetch_etl.pii_vault (masked, raw) \
-     SELECT t.m, t.r FROM (SELECT pg_catalog.unnest($1::pg_catalog.text[]) AS m, pg_catalog.unnest($2::pg_catalog.text[]) AS r) AS t \
-     WHERE NOT EXISTS (SELECT FROM fetch_etl.pii_vault v WHERE v.masked OPERATOR(pg_catalog.=) t.m OFFSET 0)";
+const VAULT_SQL_FAST: &str = pairs_not_in_vault_into!("fetch_etl.pii_vault");
 
 /// The same, safe against a concurrent transaction adding one of the masks:
 /// what VAULT_SQL_FAST falls back to when that happens (unique violation).
@@ -51,11 +61,12 @@ const VAULT_SQL: &str = "INSERT INTO fetch_etl.pii_vault (masked, raw) \
      SELECT pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($2::pg_catalog.text[]) \
      ON CONFLICT (masked) DO NOTHING";
 
-/// Pairs whose mask another session holds uncommitted beyond the wait: kept
-/// in this transaction where no unique index makes anyone wait (see
-/// `flush_vault`). Rare, so not prepared.
-const VAULT_PENDING_SQL: &str = "INSERT INTO fetch_etl.pii_vault_pending (masked, raw) \
-     SELECT pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($2::pg_catalog.text[])";
+/// A flush that waited out `ledger_wait_timeout` on masks another session
+/// holds uncommitted: its pairs not already in the vault (committed; reading
+/// it waits for nobody) are kept in this transaction where no unique index
+/// makes anyone wait (see `flush_vault`). Rare, so not prepared. `OFFSET 0`:
+/// a probe of the vault's key per pair, never a scan (see VAULT_SQL_FAST).
+const VAULT_PENDING_SQL: &str = pairs_not_in_vault_into!("fetch_etl.pii_vault_pending");
 
 /// Parameters: message ids text[] (sorted), run id. The common case, every id
 /// new: one descent of the primary key per id (its unique check), where
@@ -369,9 +380,9 @@ impl Store {
     /// duplicates, as the owner. Every caller of `load` ends with this.
     ///
     /// A mask another session inserted and has not committed is waited for at
-    /// most `fetch_etl.ledger_wait_timeout`; after that its pair goes to
-    /// `fetch_etl.pii_vault_pending` instead (no unique index: nothing to wait
-    /// for), in this transaction. Should the other session roll back, the
+    /// most `fetch_etl.ledger_wait_timeout`; after that the flush's pairs not
+    /// yet in the vault go to `fetch_etl.pii_vault_pending` instead (no unique
+    /// index: nothing to wait for), in this transaction. Should the other session roll back, the
     /// value is not lost: `unmask` reads pending pairs too, and `prune` moves
     /// them into the vault. Nobody can stall a drain by holding a vault row.
     pub(crate) fn flush_vault(&mut self, client: &mut SpiClient<'_>) {
@@ -407,29 +418,33 @@ impl Store {
             match slow {
                 Ok(r) => r.or_raise_spi("vault"),
                 Err(e) if e.is_lock_timeout() => {
-                    let mut held = Vec::new();
-                    for pair in &pairs {
-                        match insert(
-                            &statements.vault,
-                            std::slice::from_ref(pair),
-                            Duration::from_millis(1),
-                        ) {
-                            Ok(r) => r.or_raise_spi("vault"),
-                            Err(e) if e.is_lock_timeout() => held.push(pair),
-                            Err(e) => e.rethrow(),
-                        }
+                    // One statement, no subtransaction per pair: a grantee
+                    // holding one mask must not make this drain open hundreds.
+                    let pending_exists = client
+                        .update(
+                            "SELECT pg_catalog.to_regclass('fetch_etl.pii_vault_pending') IS NOT NULL",
+                            None,
+                            &[],
+                        )
+                        .and_then(|t| t.first().get_one::<bool>())
+                        .or_raise_spi("vault")
+                        .unwrap_or(false);
+                    if !pending_exists {
+                        // The library is newer than this database's catalog.
+                        pgrx::warning!(
+                            "fetch_etl: vault entries another session is adding were left to it; run ALTER EXTENSION fetch_etl UPDATE"
+                        );
+                        return;
                     }
-                    if !held.is_empty() {
-                        let masked: Vec<&str> = held.iter().map(|p| p.0.as_str()).collect();
-                        let raw: Vec<&str> = held.iter().map(|p| p.1.as_str()).collect();
-                        client
-                            .update(
-                                VAULT_PENDING_SQL,
-                                None,
-                                &[masked.as_slice().into(), raw.as_slice().into()],
-                            )
-                            .or_raise_spi("vault");
-                    }
+                    let masked: Vec<&str> = pairs.iter().map(|p| p.0.as_str()).collect();
+                    let raw: Vec<&str> = pairs.iter().map(|p| p.1.as_str()).collect();
+                    client
+                        .update(
+                            VAULT_PENDING_SQL,
+                            None,
+                            &[masked.as_slice().into(), raw.as_slice().into()],
+                        )
+                        .or_raise_spi("vault");
                 }
                 Err(e) => e.rethrow(),
             }

@@ -233,8 +233,8 @@ def test_memory_peak_stays_under_256_mb_whatever_a_role_sets(db, role):
 
 def test_memory_a_replay_of_large_dead_letters_stays_bounded(pg):
     """Anyone who can send to the queue can leave 1 MiB dead letters; 0.3.0's
-    replay read every row it took into memory at once (300 of 900 KiB: 270 MB
-    in SPI, as much again in its copies). Now a page is sized first and its
+    replay read every row it took into memory at once (300 of 900 KiB: the
+    backend grew by 265 MB). Now a page is sized first and its
     bodies are read in runs of 8 MiB, each freed before the next."""
     pg.execute(USER_LOGINS_DDL)
     pg.execute(

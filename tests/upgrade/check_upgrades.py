@@ -74,7 +74,7 @@ DESCRIBE = {
 
 
 # Column-order differences an upgrade from a release leaves, accepted and documented in docs/operations.md
-# ("Upgrading"): {release: {table, ...}}. Everything else about these tables is still compared.
+# ("Upgrades"): {release: {table, ...}}. Everything else about these tables is still compared.
 COLUMN_ORDER_ACCEPTED = {
     # 0.2.0 added drain_runs.deferred after duplicates; ADD COLUMN put it last.
     "0.1.0": {"drain_runs"},
