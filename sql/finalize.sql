@@ -52,6 +52,8 @@ CREATE FUNCTION fetch_etl.prune(
     LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SECURITY DEFINER
     SET search_path = ''
 AS $$
+DECLARE
+    saved_lock_timeout text;
 BEGIN
     -- The floors compare cutoffs, not intervals: interval comparison counts a
     -- month as 30 days, subtraction does not, so '-1200 mons 36014 days'
@@ -77,11 +79,20 @@ BEGIN
     DELETE FROM fetch_etl.dead_letters WHERE replayed_at < pg_catalog.now() - keep_replayed;
     GET DIAGNOSTICS replayed_dead_letters = ROW_COUNT;
     -- Vault pairs a drain left pending move into the vault: one statement, so
-    -- no pair committed meanwhile is deleted without being moved.
-    WITH moved AS (DELETE FROM fetch_etl.pii_vault_pending RETURNING masked, raw)
-    INSERT INTO fetch_etl.pii_vault (masked, raw)
-        SELECT DISTINCT ON (m.masked) m.masked, m.raw FROM moved AS m ORDER BY m.masked
-        ON CONFLICT (masked) DO NOTHING;
+    -- no pair committed meanwhile is deleted without being moved. Waiting at
+    -- most 5 seconds on a session adding one of those masks; if it takes
+    -- longer, they all stay pending until the next prune.
+    saved_lock_timeout := pg_catalog.current_setting('lock_timeout');
+    BEGIN
+        PERFORM pg_catalog.set_config('lock_timeout', '5s', true);
+        WITH moved AS (DELETE FROM fetch_etl.pii_vault_pending RETURNING masked, raw)
+        INSERT INTO fetch_etl.pii_vault (masked, raw)
+            SELECT DISTINCT ON (m.masked) m.masked, m.raw FROM moved AS m ORDER BY m.masked
+            ON CONFLICT (masked) DO NOTHING;
+    EXCEPTION WHEN lock_not_available THEN
+        RAISE NOTICE 'fetch_etl.prune: another session is adding vault entries; the pending ones stay until the next prune';
+    END;
+    PERFORM pg_catalog.set_config('lock_timeout', saved_lock_timeout, true);
     RETURN NEXT;
 END
 $$;

@@ -393,6 +393,7 @@ impl Store {
         pairs.sort_unstable();
         pairs.dedup();
         let wait = settings::ledger_wait_timeout();
+        let started = std::time::Instant::now();
         let statements = &self.statements;
         as_owner(self.owner, || {
             let mut insert = |stmt: &OwnedPreparedStatement, pairs: &[(String, String)], wait| {
@@ -411,7 +412,12 @@ impl Store {
                     return;
                 }
                 Err(e) if e.is_unique_violation() || e.is_lock_timeout() => {
-                    insert(&statements.vault, &pairs, wait)
+                    // only what is left of the wait, as the ledger does
+                    insert(
+                        &statements.vault,
+                        &pairs,
+                        wait.saturating_sub(started.elapsed()),
+                    )
                 }
                 Err(e) => e.rethrow(),
             };
@@ -420,17 +426,24 @@ impl Store {
                 Err(e) if e.is_lock_timeout() => {
                     // One statement, no subtransaction per pair: a grantee
                     // holding one mask must not make this drain open hundreds.
-                    let pending_exists = client
-                        .update(
-                            "SELECT pg_catalog.to_regclass('fetch_etl.pii_vault_pending') IS NOT NULL",
-                            None,
-                            &[],
-                        )
-                        .and_then(|t| t.first().get_one::<bool>())
-                        .or_raise_spi("vault")
-                        .unwrap_or(false);
+                    let pending_exists = Spi::get_one::<bool>(
+                        "SELECT pg_catalog.to_regclass('fetch_etl.pii_vault_pending') IS NOT NULL",
+                    )
+                    .ok()
+                    .flatten()
+                    .unwrap_or(false);
                     if !pending_exists {
-                        // The library is newer than this database's catalog.
+                        // The library is newer than this database's catalog:
+                        // 0.3.0's way, pair by pair, leaving held ones to
+                        // their session.
+                        for pair in &pairs {
+                            let one = std::slice::from_ref(pair);
+                            match insert(&statements.vault, one, Duration::from_millis(1)) {
+                                Ok(r) => r.or_raise_spi("vault"),
+                                Err(e) if e.is_lock_timeout() => {}
+                                Err(e) => e.rethrow(),
+                            }
+                        }
                         pgrx::warning!(
                             "fetch_etl: vault entries another session is adding were left to it; run ALTER EXTENSION fetch_etl UPDATE"
                         );
@@ -438,13 +451,17 @@ impl Store {
                     }
                     let masked: Vec<&str> = pairs.iter().map(|p| p.0.as_str()).collect();
                     let raw: Vec<&str> = pairs.iter().map(|p| p.1.as_str()).collect();
-                    client
-                        .update(
+                    // No unique index to wait on; bounded all the same (an
+                    // ALTER EXTENSION UPDATE may hold the table). A timeout
+                    // fails the drain, which then deletes nothing.
+                    with_lock_timeout(wait.max(Duration::from_secs(1)), || {
+                        client.update(
                             VAULT_PENDING_SQL,
                             None,
                             &[masked.as_slice().into(), raw.as_slice().into()],
                         )
-                        .or_raise_spi("vault");
+                    })
+                    .or_raise_spi("vault");
                 }
                 Err(e) => e.rethrow(),
             }

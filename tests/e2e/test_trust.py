@@ -516,6 +516,37 @@ def test_vault_a_value_survives_the_rollback_of_a_drain_that_held_its_mask(db, a
                              (ev["ip"],)).fetchall() == [(ev["ip"],)]
 
 
+def test_vault_prune_waits_boundedly_on_a_session_adding_a_pending_mask(db):
+    """prune moves pending pairs with ON CONFLICT, which waits for a session
+    adding the same mask; a grantee holding one open must not hold prune (and
+    the rows it already deleted) for as long as it likes."""
+    with connect(db) as admin:
+        admin.execute("INSERT INTO fetch_etl.pii_vault_pending (masked, raw)"
+                      " VALUES (fetch_etl.mask_pii('10.9.8.7'), '10.9.8.7')")
+    holder = connect(db)
+    holder.autocommit = False
+    holder.execute("SELECT fetch_etl.mask_and_vault('10.9.8.7')")  # a vault row, uncommitted
+    try:
+        with connect(db) as admin:
+            notices = []
+            admin.add_notice_handler(lambda n: notices.append(n.message_primary))
+            admin.execute("SET statement_timeout = '30s'")  # without the bound, a failure, not a hang
+            start = time.monotonic()
+            with admin.transaction():
+                assert admin.execute("SELECT * FROM fetch_etl.prune()").fetchone() == (0, 0, 0)
+                assert admin.execute("SHOW lock_timeout").fetchone() == ("0",), "prune restores lock_timeout"
+            assert time.monotonic() - start < 15
+            assert any("until the next prune" in n for n in notices), notices
+            assert admin.execute("SELECT count(*) FROM fetch_etl.pii_vault_pending").fetchone() == (1,)
+    finally:
+        holder.rollback()
+        holder.close()
+    with connect(db) as admin:
+        admin.execute("SELECT * FROM fetch_etl.prune()")
+        assert admin.execute("SELECT count(*) FROM fetch_etl.pii_vault_pending").fetchone() == (0,)
+        assert admin.execute("SELECT fetch_etl.unmask(fetch_etl.mask_pii('10.9.8.7'))").fetchone() == ("10.9.8.7",)
+
+
 def test_subxact_a_refused_row_costs_a_few_subtransactions_not_one_per_row(pg, sqs):
     """0.3.0 retried a batch the table refused row by row, one subtransaction
     each: one bad row in a batch of 400 meant 400 subtransaction ids in the
