@@ -26,6 +26,7 @@ use crate::postgres::settings;
 use crate::postgres::spi::{as_owner, extension_owner};
 use crate::postgres::store::Store;
 
+#[derive(Default)]
 pub(crate) struct Replayed {
     pub(crate) replayed: i64,
     pub(crate) loaded: i64,
@@ -43,11 +44,7 @@ pub(crate) fn replay(
     let owner = extension_owner();
     let mut store = Store::open(target_table, settings::max_body_bytes(), owner);
     let target = store.target_name().to_string();
-    let mut done = Replayed {
-        replayed: 0,
-        loaded: 0,
-        rejected: 0,
-    };
+    let mut done = Replayed::default();
     loop {
         let left = i64::from(max_rows) - done.replayed;
         if left <= 0 {

@@ -193,6 +193,12 @@ pub(crate) struct Ledgered {
     pub(crate) deferred: HashSet<String>,
 }
 
+/// The masks and the values of vault pairs, as the two text[] parameters
+/// of the vault statements.
+fn pair_columns(pairs: &[(String, String)]) -> (Vec<&str>, Vec<&str>) {
+    pairs.iter().map(|(m, r)| (m.as_str(), r.as_str())).unzip()
+}
+
 /// Everything needed to store events into one target table.
 pub(crate) struct Store {
     owner: pg_sys::Oid,
@@ -382,9 +388,10 @@ impl Store {
     /// A mask another session inserted and has not committed is waited for at
     /// most `fetch_etl.ledger_wait_timeout`; after that the flush's pairs not
     /// yet in the vault go to `fetch_etl.pii_vault_pending` instead (no unique
-    /// index: nothing to wait for), in this transaction. Should the other session roll back, the
-    /// value is not lost: `unmask` reads pending pairs too, and `prune` moves
-    /// them into the vault. Nobody can stall a drain by holding a vault row.
+    /// index: nothing to wait for), in this transaction. Should the other
+    /// session roll back, the value is not lost: `unmask` reads pending pairs
+    /// too, and `prune` moves them into the vault. Nobody can stall a drain by
+    /// holding a vault row.
     pub(crate) fn flush_vault(&mut self, client: &mut SpiClient<'_>) {
         let mut pairs = std::mem::take(&mut self.vault);
         if pairs.is_empty() {
@@ -397,8 +404,7 @@ impl Store {
         let statements = &self.statements;
         as_owner(self.owner, || {
             let mut insert = |stmt: &OwnedPreparedStatement, pairs: &[(String, String)], wait| {
-                let masked: Vec<&str> = pairs.iter().map(|p| p.0.as_str()).collect();
-                let raw: Vec<&str> = pairs.iter().map(|p| p.1.as_str()).collect();
+                let (masked, raw) = pair_columns(pairs);
                 let args: [DatumWithOid<'_>; 2] = [masked.as_slice().into(), raw.as_slice().into()];
                 in_subxact(AssertUnwindSafe(|| {
                     with_lock_timeout(wait, || client.update(stmt, None, &args).map(|_| ()))
@@ -449,8 +455,7 @@ impl Store {
                         );
                         return;
                     }
-                    let masked: Vec<&str> = pairs.iter().map(|p| p.0.as_str()).collect();
-                    let raw: Vec<&str> = pairs.iter().map(|p| p.1.as_str()).collect();
+                    let (masked, raw) = pair_columns(&pairs);
                     // No unique index to wait on; bounded all the same (an
                     // ALTER EXTENSION UPDATE may hold the table). A timeout
                     // fails the drain, which then deletes nothing.
@@ -507,9 +512,12 @@ impl Store {
         // row (about 2 log2 n), not one per row of the batch: a transaction
         // with more than 64 subtransaction ids slows every snapshot in the
         // cluster until it ends.
+        let halves = |r: std::ops::Range<usize>| {
+            let mid = r.start + r.len() / 2;
+            [mid..r.end, r.start..mid] // popped left first
+        };
         let mut refused = Vec::new();
-        let mid = n / 2;
-        let mut failing = vec![mid..n, 0..mid];
+        let mut failing = halves(0..n).to_vec();
         while let Some(range) = failing.pop() {
             if range.is_empty() {
                 continue;
@@ -521,9 +529,7 @@ impl Store {
                     if range.len() == 1 {
                         refused.push((range.start, e.describe()));
                     } else {
-                        let mid = range.start + range.len() / 2;
-                        failing.push(mid..range.end);
-                        failing.push(range.start..mid);
+                        failing.extend(halves(range));
                     }
                 }
                 Err(e) => e.rethrow(),

@@ -201,6 +201,14 @@ def peak_growth_mb(pid, run):
     return result, (peak[0] - before) / 1024
 
 
+def add_dead_letters(conn, n, body, params=()):
+    """`n` dead letters for public.user_logins whose body is the SQL expression
+    `body` (of `i`, the row number, and `params`), written directly."""
+    conn.execute("INSERT INTO fetch_etl.dead_letters (run_id, queue_url, message_id, body, reason_code, reason, target_table)"
+                 f" SELECT 0, 'http://localhost:1/000000000000/q', 'm' || i, {body}, 'not_json', 'x', 'public.user_logins'"
+                 f" FROM generate_series(1, {int(n)}) i", params)
+
+
 def test_memory_peak_stays_under_256_mb_whatever_a_role_sets(db, role):
     """400 messages of 900 KiB, with the largest batch size and concurrency a
     non-superuser may set: 0.1.0 held them all (batch_size up to 100,000, 64
@@ -237,10 +245,7 @@ def test_memory_a_replay_of_large_dead_letters_stays_bounded(pg):
     backend grew by 265 MB). Now a page is sized first and its
     bodies are read in runs of 8 MiB, each freed before the next."""
     pg.execute(USER_LOGINS_DDL)
-    pg.execute(
-        "INSERT INTO fetch_etl.dead_letters (run_id, queue_url, message_id, body, reason_code, reason)"
-        " SELECT 0, 'http://localhost:1/000000000000/q', 'm' || i, repeat(md5(i::text), 900 * 32), 'invalid_json', 'x'"
-        " FROM generate_series(1, 300) i")
+    add_dead_letters(pg, 300, "repeat(md5(i::text), 900 * 32)")
     pid = pg.execute("SELECT pg_backend_pid()").fetchone()[0]
     pg.execute("SELECT 1 FROM user_logins LIMIT 1")
     row, growth_mb = peak_growth_mb(
@@ -301,9 +306,7 @@ def test_interrupt_cancel_works_while_validating_messages_with_many_keys(pg, db)
     body = "{" + ", ".join(f'"k{i}": 1' for i in range(80_000)) + ', "user_id": "u"}'
     pg.execute(USER_LOGINS_DDL)
     pg.execute("SET fetch_etl.max_body_bytes = '1MB'")
-    pg.execute("INSERT INTO fetch_etl.dead_letters (run_id, queue_url, message_id, body, reason_code, reason, target_table)"
-               " SELECT 0, 'q', 'm' || i, %s, 'not_json', 'x', 'public.user_logins' FROM generate_series(1, 20) i",
-               (body,))
+    add_dead_letters(pg, 20, "%s", (body,))
     pid = pg.execute("SELECT pg_backend_pid()").fetchone()[0]
     with connect(db) as other:
         timer = threading.Timer(0.3, lambda: other.execute("SELECT pg_cancel_backend(%s)", (pid,)))
@@ -436,10 +439,7 @@ def test_replay_takes_each_dead_letter_once_across_pages_and_calls(pg):
     """Pages of 1,000: 2,100 dead letters that fail again are each taken once
     by one call, and a second call in the same transaction takes none."""
     pg.execute(USER_LOGINS_DDL)
-    pg.execute(
-        "INSERT INTO fetch_etl.dead_letters (run_id, queue_url, message_id, body, reason_code, reason)"
-        " SELECT 0, 'http://localhost:1/000000000000/q', 'm' || i, '{not json', 'invalid_json', 'x'"
-        " FROM generate_series(1, 2100) i")
+    add_dead_letters(pg, 2100, "'{not json'")
     replay = "SELECT * FROM fetch_etl.replay_dead_letters(max_rows => 5000, any_target => true)"
     with pg.transaction():
         assert pg.execute(replay).fetchone() == (2100, 0, 2100)
