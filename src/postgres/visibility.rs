@@ -3,7 +3,8 @@
 //! first drain that needs it, and transaction callbacks that end its holds.
 //!
 //! In the transaction callbacks (`xact.rs`):
-//! - COMMIT (or PREPARE): the holds end; the deletes (`deletes.rs`) follow.
+//! - COMMIT: the deletes (`deletes.rs`) first, then the holds end, so that
+//!   messages stay hidden until they are deleted; PREPARE: the holds end.
 //! - ROLLBACK: the holds end, and with `fetch_etl.visibility_on_rollback`
 //!   set when the drain ran, the thread makes the messages visible again.
 //! - ROLLBACK TO SAVEPOINT: the same, for the holds made inside it.
@@ -37,6 +38,9 @@ type Thread = Heartbeat<HttpTransport>;
 thread_local! {
     static HEARTBEAT: RefCell<Option<Arc<Thread>>> = const { RefCell::new(None) };
     static REGISTERED: Cell<bool> = const { Cell::new(false) };
+    /// Heartbeat threads of this backend found ended and replaced (for the
+    /// COMMIT's report).
+    static DEAD_THREADS: Cell<u32> = const { Cell::new(0) };
 }
 
 /// One drain's holds.
@@ -90,10 +94,16 @@ pub(crate) fn for_drain(client: &Client, visibility_timeout: Option<i32>) -> Opt
     })
 }
 
-/// The backend's heartbeat thread, started on first use.
+/// The backend's heartbeat thread, started on first use, and again by the
+/// next drain should it have ended (its holds ended with it: a WARNING says
+/// so at COMMIT, as for any message that became visible).
 fn thread() -> Option<Arc<Thread>> {
     if let Some(t) = HEARTBEAT.with(|h| h.borrow().clone()) {
-        return Some(t);
+        if t.alive() {
+            return Some(t);
+        }
+        HEARTBEAT.with(|h| *h.borrow_mut() = None);
+        DEAD_THREADS.with(|d| d.set(d.get() + 1));
     }
     let guard = runtime::guard();
     let timeout = settings::http_timeout();
@@ -152,14 +162,24 @@ fn with_thread(f: impl FnOnce(&Thread)) {
     }));
 }
 
-/// At COMMIT (or PREPARE), before the deletes start (`xact.rs`): the holds
-/// end, and a WARNING says if some held messages may have been visible to
-/// other consumers before it. Never raises.
-pub(crate) fn at_commit() {
+/// After COMMIT (or PREPARE) and the deletes that follow it (`xact.rs`):
+/// the holds end, and a WARNING says if some held messages may have been
+/// visible to other consumers before `committed_at`. Holding them until the
+/// deletes are done keeps a message from becoming visible, and received by
+/// another consumer, between the COMMIT and its delete: SQS would then
+/// honour only that consumer's newer receipt handle, and the delete would
+/// not take. Never raises.
+pub(crate) fn at_commit(committed_at: Instant) {
     with_thread(|t| {
-        let ended = t.end(None, false);
+        let ended = t.end_as_of(None, false, committed_at);
         report(ended, t.take_stats());
     });
+    let replaced = DEAD_THREADS.with(|d| d.replace(0));
+    if replaced > 0 {
+        pgrx::warning!(
+            "fetch_etl: the visibility heartbeat had stopped and was started again; messages an earlier drain of this transaction held were not kept hidden past their visibility timeout"
+        );
+    }
 }
 
 /// ROLLBACK (None) or ROLLBACK TO SAVEPOINT of subtransaction `from`: the
@@ -204,6 +224,18 @@ fn report(ended: Ended, stats: Stats) {
             "fetch_etl: {} messages this transaction drained were not kept hidden past their visibility timeout: one backend holds at most {} MiB of receipt handles",
             stats.not_held,
             MAX_HELD_BYTES >> 20
+        );
+    }
+    if stats.panics > 0 {
+        pgrx::warning!(
+            "fetch_etl: the visibility heartbeat skipped {} rounds that failed unexpectedly; some messages may not have been kept hidden",
+            stats.panics
+        );
+    }
+    if stats.held_again > 0 {
+        pgrx::debug1!(
+            "fetch_etl: {} held messages were received again (their newest receipt handle is used)",
+            stats.held_again
         );
     }
     if stats.extended > 0 {

@@ -4,7 +4,7 @@
 //! | event | what happens |
 //! | --- | --- |
 //! | PRE_COMMIT | `deletes`: force a synchronous commit if deletes are queued |
-//! | COMMIT | `visibility`: the heartbeat's holds end (and its report); then `deletes`: the deletes |
+//! | COMMIT | `deletes`: the deletes; then `visibility`: the heartbeat's holds end (and its report), so messages stay hidden until they are deleted |
 //! | PRE_PREPARE | `deletes`: refuse if deletes are queued |
 //! | PREPARE | `visibility`: the holds end |
 //! | ABORT | `visibility`: the holds end, handed back if asked; `deletes`: forgotten |
@@ -45,10 +45,13 @@ unsafe extern "C-unwind" fn xact_callback(
         XACT_EVENT_PRE_COMMIT => deletes::before_commit(),
         XACT_EVENT_COMMIT => {
             // Nothing may raise from here: the transaction is committed.
-            visibility::at_commit();
+            let committed_at = std::time::Instant::now();
             deletes::at_commit();
+            visibility::at_commit(committed_at);
         }
-        XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PREPARE => visibility::at_commit(),
+        XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PREPARE => {
+            visibility::at_commit(std::time::Instant::now())
+        }
         XACT_EVENT_PRE_PREPARE => deletes::before_prepare(),
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
             visibility::at_abort(None);

@@ -11,7 +11,7 @@ Tests set attributes on a FaultProxy to make it:
   when it arrives) while forwarding the others;
 - answer every request with a redirect;
 - rewrite the upstream's reply bodies;
-- add latency to every request.
+- add latency to every request, or to deletes only.
 Requests are forwarded unchanged, Host header included, so SigV4 signatures
 made for the proxy's address still verify upstream.
 """
@@ -45,6 +45,7 @@ class FaultProxy:
         self.redirect_to = None  # a URL: every request gets 307 Location: it
         self.rewrite = None  # bytes -> bytes, applied to upstream replies
         self.delay = 0.0
+        self.delete_delay = 0.0  # seconds each DeleteMessageBatch waits before it is forwarded
         self.failures: dict[str, list] = {}  # action -> [remaining, status, body]
         self.seen: list[str] = []  # "json:ReceiveMessage" / "query:DeleteMessageBatch"
         self.bodies: list[tuple[str, bytes]] = []  # (action, request body), in arrival order
@@ -79,6 +80,8 @@ class FaultProxy:
                         injected = (fail[1], fail[2])
                 if proxy.delay:
                     time.sleep(proxy.delay)
+                if action == "DeleteMessageBatch" and proxy.delete_delay:
+                    time.sleep(proxy.delete_delay)
                 if proxy.redirect_to:
                     self.send_response(307)
                     self.send_header("Location", proxy.redirect_to)

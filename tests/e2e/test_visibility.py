@@ -222,3 +222,44 @@ def test_heartbeat_a_cancel_during_a_long_drain_leaves_the_server_up(pg, db, sqs
         assert proxy.seen.count("json:ChangeMessageVisibilityBatch") == calls, "no extensions after the rollback"
         assert other.execute("SELECT 1").fetchone() == (1,)
     assert pg.execute("SELECT count(*) FROM user_logins").fetchone() == (0,)
+
+
+def test_heartbeat_messages_stay_hidden_until_their_deletes_are_done(pg, sqs, proxy):
+    """0.4.0 ended its holds at COMMIT, before the deletes: a message whose
+    visibility ran out while its delete was on its way went to another
+    consumer, and on SQS a delete with the older receipt handle then does
+    not take (the message comes back, and near maxReceiveCount goes to the
+    queue's dead-letter queue). Now the holds end after the deletes."""
+    raw, _ = slow_queue(sqs, n=10, visibility=2)
+    pg.execute(USER_LOGINS_DDL)
+    proxy.delete_delay = 3.0
+    other = Consumer(sqs, raw, after=0.5)
+    other.start()
+    start = time.monotonic()
+    assert counts(drain(pg, via(proxy, raw))) == (10, 10, 0, 0)
+    took = time.monotonic() - start
+    other.done.set()
+    other.join(5)
+    assert took >= 3.0, f"the COMMIT's deletes took {took:.1f} s"
+    assert other.received == [], "another consumer received messages whose delete was on its way"
+    assert queue_depth(sqs, raw) == (0, 0)
+
+
+def test_heartbeat_a_drain_that_receives_its_own_messages_again_counts_each_once(pg, sqs, proxy):
+    """Extensions off and a queue timeout of 1 s: the drain's long poll gets
+    back the messages it is still storing. They are the same messages: 0.4.0
+    counted them received twice and as duplicates; now received counts
+    distinct messages, and every handle is deleted (SQS honours the newest)."""
+    raw, _ = slow_queue(sqs, n=5, visibility=1)
+    pg.execute(USER_LOGINS_DDL)
+    pg.execute(SLOW_TRIGGER)
+    pg.execute("SET fetch_etl.visibility_extension_limit = 0")
+    pg.execute("SET fetch_etl.batch_size = 10")
+    row = drain(pg, via(proxy, raw), wait_seconds=2, max_messages=15)
+    received_calls = [s for s in proxy.seen if s.endswith(":ReceiveMessage")]
+    assert counts(row) == (5, 5, 0, 0), (row, received_calls)
+    handles = [e["ReceiptHandle"] for a, b in proxy.bodies if a == "DeleteMessageBatch" for e in json.loads(b)["Entries"]]
+    assert len(handles) > 5, "the messages did come back to the drain (the test's premise)"
+    assert pg.execute("SELECT count(*), count(DISTINCT user_id) FROM user_logins").fetchone() == (5, 5)
+    time.sleep(1.5)
+    assert queue_depth(sqs, raw) == (0, 0), "deleted with their newest handles"
