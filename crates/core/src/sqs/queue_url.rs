@@ -178,10 +178,16 @@ pub fn for_message(url: &str) -> String {
 }
 
 /// The region in SQS host names: `sqs.<region>.amazonaws.com[.cn]`,
-/// `sqs-fips.<region>.amazonaws.com`, legacy `<region>.queue.amazonaws.com`,
+/// `sqs-fips.<region>.amazonaws.com`, legacy `<region>.queue.amazonaws.com`
+/// and `queue.amazonaws.com` (us-east-1),
 /// VPC endpoints `vpce-....sqs.<region>.vpce.amazonaws.com`, and emulators that
 /// copy the pattern (`sqs.<region>.localhost.localstack.cloud`).
 pub fn region_from_host(host: &str) -> Option<String> {
+    // The legacy global endpoint is us-east-1's: its queues are that region's
+    // (and share their lock key with every other spelling of them).
+    if host == "queue.amazonaws.com" {
+        return Some("us-east-1".to_string());
+    }
     let labels: Vec<&str> = host.split('.').collect();
     for (i, label) in labels.iter().enumerate() {
         if (*label == "sqs" || *label == "sqs-fips")
@@ -359,6 +365,10 @@ mod tests {
             key("https://vpce-0a-1.sqs.us-east-1.vpce.amazonaws.com/123456789012/q"),
             aws
         );
+        // the legacy global endpoint is us-east-1's (0.4.0 locked it apart,
+        // so two drains of one queue could run at once)
+        assert_eq!(key("https://queue.amazonaws.com/123456789012/q"), aws);
+        assert_eq!(key("https://QUEUE.amazonaws.com./123456789012/q"), aws);
         // and different queues are different
         assert_ne!(
             key("http://localhost:4566/000000000000/login-Queue"),
