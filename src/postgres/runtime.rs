@@ -21,6 +21,7 @@
 //! and drops (or aborts) the futures, which closes their connections.
 
 use std::future::Future;
+use std::mem::ManuallyDrop;
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,11 +37,15 @@ use fetch_etl_core::sqs::SqsError;
 const SLICE: Duration = Duration::from_millis(100);
 
 thread_local! {
-    static RUNTIME: Runtime = tokio::runtime::Builder::new_current_thread()
+    /// Never dropped: dropping a runtime waits for its helper threads, and a
+    /// name lookup in one (getaddrinfo, up to the resolver's timeouts) would
+    /// hold up the backend's exit, a pg_terminate_backend included. At exit
+    /// the process takes its threads with it.
+    static RUNTIME: ManuallyDrop<Runtime> = ManuallyDrop::new(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .on_thread_start(block_all_signals)
         .build()
-        .expect("a current-thread tokio runtime");
+        .expect("a current-thread tokio runtime"));
     static HTTP: std::cell::OnceCell<Result<HttpTransport, SqsError>> = const { std::cell::OnceCell::new() };
     /// The hosts this backend checked against fetch_etl.allowed_endpoints.
     static GUARD: Arc<Guard> = Arc::new(Guard::default());
