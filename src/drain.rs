@@ -143,6 +143,12 @@ fn run(args: &Args<'_>, owner: pg_sys::Oid, queue: QueueRef) -> Summary {
             summary.counts.received
         );
     } else if summary.counts.received > 0 {
+        if summary.counts.received_again > 0 {
+            pgrx::debug1!(
+                "fetch_etl: drain run {run_id} received {} messages again while it held them (their visibility timeout had lapsed)",
+                summary.counts.received_again
+            );
+        }
         pgrx::log!(
             "fetch_etl: drain run {run_id} of {queue}: received {}, loaded {}, rejected {}, duplicates {} in {secs:.2} s",
             summary.counts.received,
@@ -277,17 +283,19 @@ fn store_messages(
     msgs: &[Message],
     counts: &mut Counts,
 ) -> HashSet<String> {
-    counts.received += msgs.len() as i64;
-    // The same message twice in one batch (redelivered while we worked): keep the first.
+    // The same message twice in one batch (received again while this drain
+    // held it): keep the first; it is one message. (Its every receipt
+    // handle is deleted all the same: SQS honours only the newest.)
     let mut seen = HashSet::with_capacity(msgs.len());
     let mut unique: Vec<&Message> = Vec::with_capacity(msgs.len());
     for m in msgs {
         if seen.insert(m.message_id.as_str()) {
             unique.push(m);
         } else {
-            counts.duplicates += 1;
+            counts.received_again += 1;
         }
     }
+    counts.received += unique.len() as i64;
     Spi::connect_mut(|client| {
         let ids: Vec<&str> = unique.iter().map(|m| m.message_id.as_str()).collect();
         let mut ledgered = store.record_ids(client, &ids, run_id, settings::ledger_wait_timeout());
@@ -311,7 +319,17 @@ fn store_messages(
         }
         counts.received -= deferred as i64;
         counts.deferred += deferred as i64;
-        counts.duplicates += (unique.len() - fresh.len() - deferred) as i64;
+        // Seen before: by an earlier run (a duplicate), or by this one (the
+        // same message again, received while this drain held it).
+        let known: Vec<&str> = unique
+            .iter()
+            .map(|m| m.message_id.as_str())
+            .filter(|id| !ledgered.new.contains(*id) && !ledgered.deferred.contains(*id))
+            .collect();
+        let again = store.own_ids(client, &known, run_id).len();
+        counts.received -= again as i64;
+        counts.received_again += again as i64;
+        counts.duplicates += (known.len() - again) as i64;
 
         let outcome = store.load(client, &fresh);
         counts.loaded += outcome.loaded.len() as i64;

@@ -14,7 +14,10 @@
 //! Only dead letters produced for the same target table are taken unless
 //! `any_target` says otherwise: a dead letter's body is whatever its producer
 //! sent, and a loader whose own table refused a forged event must not get it
-//! loaded into an operator's table by the operator's routine replay.
+//! loaded into an operator's table by the operator's routine replay. Even
+//! then, only those a role the caller belongs to produced (a superuser: all):
+//! `any_target` must not let a grantee copy every queue's dead letters, raw
+//! PII and all, into a table of its own (0.5.0).
 
 use pgrx::prelude::*;
 
@@ -52,10 +55,13 @@ pub(crate) fn replay(
         }
         let page = lock_page(
             owner,
-            queue_url,
-            reason_code,
-            any_target,
-            &target,
+            &Filter {
+                queue_url,
+                reason_code,
+                any_target,
+                target: &target,
+                cut_bodies_marked: store.catalog_050(),
+            },
             left.min(REPLAY_PAGE_ROWS as i64),
         );
         if page.is_empty() {
@@ -73,38 +79,61 @@ pub(crate) fn replay(
     done
 }
 
+/// Which dead letters a replay takes.
+struct Filter<'a> {
+    queue_url: Option<&'a str>,
+    reason_code: Option<&'a str>,
+    /// Dead letters of other target tables too, but only those produced by a
+    /// role the caller is a member of (a superuser: all of them).
+    any_target: bool,
+    /// The replay's own target table.
+    target: &'a str,
+    /// The catalog has `body_truncated` (0.5.0): cut bodies are never taken.
+    cut_bodies_marked: bool,
+}
+
 /// Locks the next page of dead letters to replay (skipping rows another
 /// replay holds: each is replayed by one session at a time), with their
 /// body sizes. Rows a replay of this transaction refused (their
-/// `last_replay_at` is this transaction's start) are not taken again.
-fn lock_page(
-    owner: pg_sys::Oid,
-    queue_url: Option<&str>,
-    reason_code: Option<&str>,
-    any_target: bool,
-    target: &str,
-    limit: i64,
-) -> Vec<(i64, usize)> {
+/// `last_replay_at` is this transaction's start) are not taken again, nor
+/// are bodies a drain cut (`dead_letter.rs`).
+fn lock_page(owner: pg_sys::Oid, f: &Filter<'_>, limit: i64) -> Vec<(i64, usize)> {
+    // Who is asking, before the switch to the owner.
+    // SAFETY: reads the current user id; no preconditions.
+    let caller = unsafe { pg_sys::GetUserId() };
+    // SAFETY: as above.
+    let caller_is_superuser = unsafe { pg_sys::superuser() };
+    let whole = if f.cut_bodies_marked {
+        "AND NOT body_truncated"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "SELECT dead_letter_id, pg_catalog.octet_length(body)::pg_catalog.int8 \
+         FROM fetch_etl.dead_letters \
+         WHERE replayed_at IS NULL {whole} \
+           AND last_replay_at IS DISTINCT FROM pg_catalog.now() \
+           AND ($1::pg_catalog.text IS NULL OR queue_url OPERATOR(pg_catalog.=) $1) \
+           AND ($2::pg_catalog.text IS NULL OR reason_code OPERATOR(pg_catalog.=) $2) \
+           AND (target_table OPERATOR(pg_catalog.=) $5 \
+                OR ($4 AND ($7 OR pg_catalog.pg_has_role($6::pg_catalog.oid, run_role, 'MEMBER')))) \
+         ORDER BY last_replay_at NULLS FIRST, dead_letter_id \
+         LIMIT $3 FOR UPDATE SKIP LOCKED"
+    );
     Spi::connect_mut(|client| {
         as_owner(owner, || {
             client
                 .update(
-                    "SELECT dead_letter_id, pg_catalog.octet_length(body)::pg_catalog.int8 \
-                     FROM fetch_etl.dead_letters \
-                     WHERE replayed_at IS NULL \
-                       AND last_replay_at IS DISTINCT FROM pg_catalog.now() \
-                       AND ($1::pg_catalog.text IS NULL OR queue_url OPERATOR(pg_catalog.=) $1) \
-                       AND ($2::pg_catalog.text IS NULL OR reason_code OPERATOR(pg_catalog.=) $2) \
-                       AND ($4 OR target_table OPERATOR(pg_catalog.=) $5) \
-                     ORDER BY last_replay_at NULLS FIRST, dead_letter_id \
-                     LIMIT $3 FOR UPDATE SKIP LOCKED",
+                    &sql,
                     None,
                     &[
-                        queue_url.map(str::to_string).into(),
-                        reason_code.map(str::to_string).into(),
+                        f.queue_url.map(str::to_string).into(),
+                        f.reason_code.map(str::to_string).into(),
                         limit.into(),
-                        any_target.into(),
-                        target.into(),
+                        f.any_target.into(),
+                        f.target.into(),
+                        caller.into(),
+                        caller_is_superuser.into(),
                     ],
                 )
                 .or_raise_spi("dead letters")

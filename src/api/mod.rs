@@ -3,6 +3,7 @@
 //! Rust is declared here; the SQL-language objects are in `sql/`.
 
 mod drain;
+mod housekeeping;
 mod masking;
 
 #[cfg(feature = "bench-tools")]

@@ -14,7 +14,6 @@
 //! rotation up at their next transaction.
 
 use std::cell::{Cell, RefCell};
-use std::ffi::CStr;
 
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgTupleDesc};
@@ -23,9 +22,6 @@ use fetch_etl_core::error::ErrorKind;
 use fetch_etl_core::mask::{self, Masker};
 
 use super::error::{raise, raise_with_hint, require_superuser, OrRaise};
-
-const SCHEMA: &CStr = c"fetch_etl";
-const KEY_TABLE: &CStr = c"mask_keys";
 
 thread_local! {
     static MASKER: RefCell<Option<Masker>> = const { RefCell::new(None) };
@@ -70,15 +66,28 @@ pub(crate) fn with_masker<R>(f: impl FnOnce(&Masker) -> R) -> R {
     MASKER.with(|m| f(m.borrow().as_ref().expect("masking key loaded above")))
 }
 
-/// The OID of `fetch_etl.mask_keys`, or an error saying the extension is missing.
+/// The OID of `fetch_etl.mask_keys`, or an error saying the extension is
+/// missing. Only a member of the extension is the key table (`pg_depend`),
+/// so a `mask_keys` someone else made, in a schema renamed or planted under
+/// that name, is never read as the key. Catalog lookups only, no SPI:
+/// `mask_pii` is parallel safe and runs in parallel workers too.
 fn key_table_oid() -> pg_sys::Oid {
-    // SAFETY: plain catalog lookups by name; missing_ok avoids raising.
+    // SAFETY: plain catalog lookups by name and by dependency; missing_ok
+    // avoids raising.
     let relid = unsafe {
-        let nsp = pg_sys::get_namespace_oid(SCHEMA.as_ptr(), true);
-        if nsp == pg_sys::InvalidOid {
+        let ext = pg_sys::get_extension_oid(c"fetch_etl".as_ptr(), true);
+        let nsp = pg_sys::get_namespace_oid(c"fetch_etl".as_ptr(), true);
+        if ext == pg_sys::InvalidOid || nsp == pg_sys::InvalidOid {
             pg_sys::InvalidOid
         } else {
-            pg_sys::get_relname_relid(KEY_TABLE.as_ptr(), nsp)
+            let relid = pg_sys::get_relname_relid(c"mask_keys".as_ptr(), nsp);
+            let member = relid != pg_sys::InvalidOid
+                && pg_sys::getExtensionOfObject(pg_sys::RelationRelationId, relid) == ext;
+            if member {
+                relid
+            } else {
+                pg_sys::InvalidOid
+            }
         }
     };
     if relid == pg_sys::InvalidOid {

@@ -29,6 +29,10 @@ pub(crate) struct Counts {
     pub(crate) duplicates: i64,
     /// Received but left in the queue (not in `received`).
     pub(crate) deferred: i64,
+    /// Messages this run received again while it held them (their
+    /// visibility lapsed, or SQS delivered them twice): not in `received`,
+    /// which counts distinct messages, nor in `duplicates`; not recorded.
+    pub(crate) received_again: i64,
 }
 
 /// How a finished run went.

@@ -43,6 +43,11 @@ static LEDGER_WAIT_TIMEOUT: GucSetting<i32> =
     GucSetting::<i32>::new(defs::LEDGER_WAIT_TIMEOUT.default);
 static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(defs::BATCH_SIZE.default);
 static MAX_BODY_BYTES: GucSetting<i32> = GucSetting::<i32>::new(defs::MAX_BODY_BYTES.default);
+static MAX_PII_BYTES: GucSetting<i32> = GucSetting::<i32>::new(defs::MAX_PII_BYTES.default);
+static DEAD_LETTER_MAX_BODY_BYTES: GucSetting<i32> =
+    GucSetting::<i32>::new(defs::DEAD_LETTER_MAX_BODY_BYTES.default);
+static DEAD_LETTER_RETENTION: GucSetting<i32> =
+    GucSetting::<i32>::new(defs::DEAD_LETTER_RETENTION.default);
 static HTTP_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(defs::HTTP_TIMEOUT.default);
 static HTTP_MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(defs::HTTP_MAX_ATTEMPTS.default);
 static DELETE_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(defs::DELETE_TIMEOUT.default);
@@ -169,6 +174,7 @@ pub(crate) fn init() {
     define_int(&defs::LEDGER_WAIT_TIMEOUT, &LEDGER_WAIT_TIMEOUT);
     define_int(&defs::BATCH_SIZE, &BATCH_SIZE);
     define_int(&defs::MAX_BODY_BYTES, &MAX_BODY_BYTES);
+    define_int(&defs::MAX_PII_BYTES, &MAX_PII_BYTES);
     define_int(&defs::HTTP_TIMEOUT, &HTTP_TIMEOUT);
     define_int(&defs::HTTP_MAX_ATTEMPTS, &HTTP_MAX_ATTEMPTS);
     define_int(&defs::DELETE_TIMEOUT, &DELETE_TIMEOUT);
@@ -177,6 +183,11 @@ pub(crate) fn init() {
         &VISIBILITY_EXTENSION_LIMIT,
     );
     define_int(&defs::VISIBILITY_ON_ROLLBACK, &VISIBILITY_ON_ROLLBACK);
+    define_int(
+        &defs::DEAD_LETTER_MAX_BODY_BYTES,
+        &DEAD_LETTER_MAX_BODY_BYTES,
+    );
+    define_int(&defs::DEAD_LETTER_RETENTION, &DEAD_LETTER_RETENTION);
     // SAFETY: reserves the prefix so typos in fetch_etl.* settings are reported.
     #[cfg(any(feature = "pg15", feature = "pg16", feature = "pg17", feature = "pg18"))]
     unsafe {
@@ -258,6 +269,23 @@ pub(crate) fn batch_size() -> usize {
 
 pub(crate) fn max_body_bytes() -> usize {
     int(&defs::MAX_BODY_BYTES, &MAX_BODY_BYTES) as usize
+}
+
+pub(crate) fn max_pii_bytes() -> usize {
+    int(&defs::MAX_PII_BYTES, &MAX_PII_BYTES) as usize
+}
+
+pub(crate) fn dead_letter_max_body_bytes() -> usize {
+    int(
+        &defs::DEAD_LETTER_MAX_BODY_BYTES,
+        &DEAD_LETTER_MAX_BODY_BYTES,
+    ) as usize
+}
+
+/// `fetch_etl.dead_letter_retention`; None: keep dead letters.
+pub(crate) fn dead_letter_retention() -> Option<Duration> {
+    let s = int(&defs::DEAD_LETTER_RETENTION, &DEAD_LETTER_RETENTION);
+    (s > 0).then(|| Duration::from_secs(s as u64))
 }
 
 pub(crate) fn http_timeout() -> Duration {

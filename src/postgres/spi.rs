@@ -9,7 +9,7 @@ use pgrx::prelude::*;
 
 use fetch_etl_core::error::ErrorKind;
 
-use super::error::{raise, Caught};
+use super::error::{raise_with_hint, Caught};
 
 /// Runs `f` in a subtransaction (like a PL/pgSQL exception block): on error the
 /// subtransaction is rolled back and the error returned.
@@ -88,14 +88,65 @@ fn with_setting<R>(name: &CStr, value: &CStr, f: impl FnOnce() -> R) -> R {
     }
 }
 
-/// The role that created the extension (and owns its tables).
+/// The role that created the extension (and owns its tables). Raises if
+/// the extension's schema belongs to another role: its objects could then be
+/// someone else's, and the drain would use them with the owner's rights (a
+/// database whose schema predates 0.5.0's install check; see
+/// docs/security.md, "Install-time trust").
 pub(crate) fn extension_owner() -> pg_sys::Oid {
-    Spi::get_one::<pg_sys::Oid>(
-        "SELECT e.extowner FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'fetch_etl'",
+    let found = Spi::get_two::<pg_sys::Oid, bool>(
+        "SELECT e.extowner, n.nspowner OPERATOR(pg_catalog.=) e.extowner \
+         FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace \
+         WHERE e.extname OPERATOR(pg_catalog.=) 'fetch_etl'",
+    )
+    .ok();
+    match found {
+        Some((Some(owner), Some(true))) => owner,
+        Some((Some(_), _)) => raise_with_hint(
+            ErrorKind::InsufficientPrivilege,
+            "schema fetch_etl is not owned by the role that owns the extension",
+            "Check what the schema holds, then ALTER SCHEMA fetch_etl OWNER TO the extension's owner and run ALTER EXTENSION fetch_etl UPDATE.",
+        ),
+        _ => raise_with_hint(
+            ErrorKind::NotInPrerequisiteState,
+            "fetch_etl is not installed in this database",
+            "Run CREATE EXTENSION fetch_etl.",
+        ),
+    }
+}
+
+/// The version of the extension's catalog (`pg_extension.extversion`) as
+/// (major, minor, patch): older than the library after a package upgrade,
+/// until `ALTER EXTENSION fetch_etl UPDATE` runs.
+pub(crate) fn catalog_version() -> (u32, u32, u32) {
+    let v = Spi::get_one::<String>(
+        "SELECT e.extversion::pg_catalog.text FROM pg_catalog.pg_extension e \
+         WHERE e.extname OPERATOR(pg_catalog.=) 'fetch_etl'",
     )
     .ok()
     .flatten()
-    .unwrap_or_else(|| raise(ErrorKind::NotInPrerequisiteState, "fetch_etl is not installed in this database"))
+    .unwrap_or_default();
+    let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let mut next = || parts.next().unwrap_or(0);
+    (next(), next(), next())
+}
+
+/// The extension's own table `name`: looked up in the extension's schema
+/// and only if it is a member of the extension, never by name alone (a
+/// table of that name someone else made is not ours).
+pub(crate) fn member_table(name: &str) -> Option<pg_sys::Oid> {
+    Spi::get_one_with_args::<pg_sys::Oid>(
+        "SELECT c.oid FROM pg_catalog.pg_extension e \
+         JOIN pg_catalog.pg_class c ON c.relnamespace OPERATOR(pg_catalog.=) e.extnamespace \
+         JOIN pg_catalog.pg_depend d ON d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass \
+              AND d.objid OPERATOR(pg_catalog.=) c.oid AND d.deptype OPERATOR(pg_catalog.=) 'e' \
+              AND d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_extension'::pg_catalog.regclass \
+              AND d.refobjid OPERATOR(pg_catalog.=) e.oid \
+         WHERE e.extname OPERATOR(pg_catalog.=) 'fetch_etl' AND c.relname OPERATOR(pg_catalog.=) $1",
+        &[name.into()],
+    )
+    .ok()
+    .flatten()
 }
 
 #[cfg(any(test, feature = "pg_test"))]

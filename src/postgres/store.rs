@@ -19,7 +19,9 @@ use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient};
 
 use fetch_etl_core::batch::{self, Refusal, Rows, Rules};
+use fetch_etl_core::budget::{VAULT_FLUSH_BYTES, VAULT_PAIR_OVERHEAD};
 use fetch_etl_core::contract::RejectReason;
+use fetch_etl_core::dead_letter::{stored_body, StoredBody};
 use fetch_etl_core::event::Limits;
 use fetch_etl_core::mask::Masker;
 use fetch_etl_core::sqs::Message;
@@ -27,7 +29,7 @@ use fetch_etl_core::target::{AppVersionArray, Metadata, TargetShape};
 use fetch_etl_core::time::now_ms;
 
 use super::error::SpiOrRaise;
-use super::spi::{as_owner, in_subxact, with_lock_timeout};
+use super::spi::{self, as_owner, in_subxact, with_lock_timeout};
 use super::{keystore, settings, target};
 
 /// `INSERT INTO <table> (masked, raw)` of the pairs ($1 masks, $2 values)
@@ -83,23 +85,43 @@ const LEDGER_SQL: &str = "INSERT INTO fetch_etl.processed_messages (message_id, 
      SELECT pg_catalog.unnest($1::pg_catalog.text[]), $2 \
      ON CONFLICT (message_id) DO NOTHING RETURNING message_id";
 
+/// Parameters: message ids text[], run id. Returns those this run recorded.
+const OWN_IDS_SQL: &str = "SELECT message_id::pg_catalog.text FROM fetch_etl.processed_messages \
+     WHERE message_id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[]) AND run_id OPERATOR(pg_catalog.=) $2";
+
 /// Parameters: message ids text[], run id.
 const FORGET_SQL: &str = "DELETE FROM fetch_etl.processed_messages \
      WHERE message_id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[]) AND run_id OPERATOR(pg_catalog.=) $2";
 
 /// Parameters: run id, queue URL, ids, bodies, codes, reasons, sent ms,
-/// receive counts, the producing role, the target table. The sent times are
-/// in range (the wire layer drops impossible ones), so the conversion cannot
-/// fail.
+/// receive counts, the producing role, the target table, the bodies' sizes
+/// as received, whether each was cut (0.5.0). The sent times are in range
+/// (the wire layer drops impossible ones), so the conversion cannot fail.
 const DEAD_LETTER_SQL: &str = "INSERT INTO fetch_etl.dead_letters \
+       (run_id, queue_url, message_id, body, reason_code, reason, sent_at, receive_count, run_role, target_table, \
+        body_bytes, body_truncated) \
+     SELECT $1, $2, m, b, c, r, \
+            pg_catalog.to_timestamp(s::pg_catalog.float8 OPERATOR(pg_catalog./) 1000.0::pg_catalog.float8), n, \
+            $9::pg_catalog.name, $10, z, x \
+     FROM ROWS FROM (pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($4::pg_catalog.text[]), \
+                     pg_catalog.unnest($5::pg_catalog.text[]), pg_catalog.unnest($6::pg_catalog.text[]), \
+                     pg_catalog.unnest($7::pg_catalog.int8[]), pg_catalog.unnest($8::pg_catalog.int4[]), \
+                     pg_catalog.unnest($11::pg_catalog.int4[]), pg_catalog.unnest($12::pg_catalog.bool[])) \
+          AS t(m, b, c, r, s, n, z, x)";
+
+/// The same, for a catalog older than 0.5.0 (no body_bytes, body_truncated):
+/// the library was upgraded, the database not yet. Bodies are kept whole
+/// then, as 0.4.0 did; $11 and $12 are ignored.
+const DEAD_LETTER_SQL_040: &str = "INSERT INTO fetch_etl.dead_letters \
        (run_id, queue_url, message_id, body, reason_code, reason, sent_at, receive_count, run_role, target_table) \
      SELECT $1, $2, m, b, c, r, \
             pg_catalog.to_timestamp(s::pg_catalog.float8 OPERATOR(pg_catalog./) 1000.0::pg_catalog.float8), n, \
             $9::pg_catalog.name, $10 \
      FROM ROWS FROM (pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($4::pg_catalog.text[]), \
                      pg_catalog.unnest($5::pg_catalog.text[]), pg_catalog.unnest($6::pg_catalog.text[]), \
-                     pg_catalog.unnest($7::pg_catalog.int8[]), pg_catalog.unnest($8::pg_catalog.int4[])) \
-          AS t(m, b, c, r, s, n)";
+                     pg_catalog.unnest($7::pg_catalog.int8[]), pg_catalog.unnest($8::pg_catalog.int4[]), \
+                     pg_catalog.unnest($11::pg_catalog.int4[]), pg_catalog.unnest($12::pg_catalog.bool[])) \
+          AS t(m, b, c, r, s, n, z, x)";
 
 const TEXT_ARRAY: pg_sys::Oid = pg_sys::TEXTARRAYOID;
 const INT8_ARRAY: pg_sys::Oid = pg_sys::INT8ARRAYOID;
@@ -132,7 +154,7 @@ impl Statements {
     /// caller); fetch_etl's own statements as the owner, with the owner's
     /// search_path, so no operator or function of the caller's search_path
     /// can be bound into a statement that then runs with the owner's rights.
-    fn prepare(shape: &TargetShape, owner: pg_sys::Oid) -> Statements {
+    fn prepare(shape: &TargetShape, owner: pg_sys::Oid, catalog_050: bool) -> Statements {
         let version = match shape.app_version {
             AppVersionArray::Int8 => INT8_ARRAY,
             AppVersionArray::Text => TEXT_ARRAY,
@@ -162,14 +184,21 @@ impl Statements {
             pg_sys::INT4ARRAYOID,
             pg_sys::TEXTOID,
             pg_sys::TEXTOID,
+            pg_sys::INT4ARRAYOID,
+            pg_sys::BOOLARRAYOID,
         ];
+        let dead_sql = if catalog_050 {
+            DEAD_LETTER_SQL
+        } else {
+            DEAD_LETTER_SQL_040
+        };
         Spi::connect(|c| {
             let target = prepare(c, &shape.insert_sql, &target_types);
             as_owner(owner, || Statements {
                 target,
                 vault: prepare(c, VAULT_SQL, &[TEXT_ARRAY, TEXT_ARRAY]),
                 vault_fast: prepare(c, VAULT_SQL_FAST, &[TEXT_ARRAY, TEXT_ARRAY]),
-                dead_letters: prepare(c, DEAD_LETTER_SQL, &dead_types),
+                dead_letters: prepare(c, dead_sql, &dead_types),
                 ledger: prepare(c, LEDGER_SQL, &[TEXT_ARRAY, pg_sys::INT8OID]),
                 ledger_fast: prepare(c, LEDGER_SQL_FAST, &[TEXT_ARRAY, pg_sys::INT8OID]),
             })
@@ -208,8 +237,11 @@ pub(crate) struct Store {
     rules: Rules,
     masker: Masker,
     statements: Statements,
-    /// (mask, raw) pairs not yet written to the vault.
+    /// The catalog has dead_letters.body_truncated (0.5.0): bodies are cut.
+    dead_letter_cap: bool,
+    /// (mask, raw) pairs not yet written to the vault, and their bytes.
     vault: Vec<(String, String)>,
+    vault_bytes: usize,
 }
 
 impl Drop for Store {
@@ -231,12 +263,20 @@ impl Store {
         let rules = Rules {
             limits: Limits {
                 max_body_bytes,
+                max_pii_bytes: settings::max_pii_bytes(),
                 ..shape.limits.clone()
             },
             envelopes: settings::envelopes(),
             metadata: shape.metadata,
         };
-        let statements = Statements::prepare(&shape, owner);
+        let catalog_050 = spi::catalog_version() >= (0, 5, 0);
+        if !catalog_050 {
+            pgrx::warning!(
+                "fetch_etl: this database's catalog is older than the library ({}): dead letters keep whole bodies until ALTER EXTENSION fetch_etl UPDATE",
+                env!("CARGO_PKG_VERSION")
+            );
+        }
+        let statements = Statements::prepare(&shape, owner, catalog_050);
         let role = Spi::get_one::<String>("SELECT pg_catalog.current_user()::pg_catalog.text")
             .or_raise_spi("current_user")
             .unwrap_or_default();
@@ -247,8 +287,15 @@ impl Store {
             rules,
             statements,
             shape,
+            dead_letter_cap: catalog_050,
             vault: Vec::new(),
+            vault_bytes: 0,
         }
+    }
+
+    /// The catalog is 0.5.0's or newer (dead letters record cut bodies).
+    pub(crate) fn catalog_050(&self) -> bool {
+        self.dead_letter_cap
     }
 
     /// The target table's quoted, schema-qualified name.
@@ -331,6 +378,27 @@ impl Store {
         })
     }
 
+    /// Which of `ids` (found in the ledger already) this run recorded
+    /// itself: messages it received again while it held them (as the owner;
+    /// only after the ledger found some ids there, so rare).
+    pub(crate) fn own_ids(
+        &self,
+        client: &mut SpiClient<'_>,
+        ids: &[&str],
+        run_id: i64,
+    ) -> HashSet<String> {
+        if ids.is_empty() {
+            return HashSet::new();
+        }
+        as_owner(self.owner, || {
+            client
+                .select(OWN_IDS_SQL, None, &[ids.to_vec().into(), run_id.into()])
+                .or_raise_spi("ledger")
+                .filter_map(|row| row.get::<String>(1).ok().flatten())
+                .collect()
+        })
+    }
+
     /// Takes `ids` this run recorded back out of the ledger (as the owner):
     /// messages left in the queue after all (FIFO messages behind a deferred
     /// one of their group), so that their redelivery is not a duplicate.
@@ -369,10 +437,15 @@ impl Store {
                 }
                 None => {
                     out.loaded.push(idx);
-                    self.vault.extend(
-                        rows.vault_pairs(k)
-                            .map(|(m, r)| (m.to_string(), r.to_string())),
-                    );
+                    for (m, r) in rows.vault_pairs(k) {
+                        self.vault_bytes += m.len() + r.len() + VAULT_PAIR_OVERHEAD;
+                        self.vault.push((m.to_string(), r.to_string()));
+                        // By bytes too: a sender's large values must not pile
+                        // up until 5,000 of them (budget.rs counts this).
+                        if self.vault_bytes >= VAULT_FLUSH_BYTES {
+                            self.flush_vault(client);
+                        }
+                    }
                 }
             }
         }
@@ -394,6 +467,7 @@ impl Store {
     /// holding a vault row.
     pub(crate) fn flush_vault(&mut self, client: &mut SpiClient<'_>) {
         let mut pairs = std::mem::take(&mut self.vault);
+        self.vault_bytes = 0;
         if pairs.is_empty() {
             return;
         }
@@ -432,13 +506,9 @@ impl Store {
                 Err(e) if e.is_lock_timeout() => {
                     // One statement, no subtransaction per pair: a grantee
                     // holding one mask must not make this drain open hundreds.
-                    let pending_exists = Spi::get_one::<bool>(
-                        "SELECT pg_catalog.to_regclass('fetch_etl.pii_vault_pending') IS NOT NULL",
-                    )
-                    .ok()
-                    .flatten()
-                    .unwrap_or(false);
-                    if !pending_exists {
+                    // The extension's own table, never one found by name
+                    // alone (spi::member_table).
+                    if spi::member_table("pii_vault_pending").is_none() {
                         // The library is newer than this database's catalog:
                         // 0.3.0's way, pair by pair, leaving held ones to
                         // their session.
@@ -551,12 +621,22 @@ impl Store {
         if refused.is_empty() {
             return;
         }
-        // PostgreSQL text cannot hold NUL; SQS bodies cannot contain it either,
-        // but never let one break the batch.
-        let bodies: Vec<String> = refused
+        // At most fetch_etl.dead_letter_max_body_bytes of each (dead_letter.rs).
+        let cap = if self.dead_letter_cap {
+            settings::dead_letter_max_body_bytes()
+        } else {
+            usize::MAX
+        };
+        let stored: Vec<StoredBody<'_>> = refused
             .iter()
-            .map(|r| msgs[r.index].body.replace('\0', "\u{FFFD}"))
+            .map(|r| stored_body(&msgs[r.index].body, cap))
             .collect();
+        let bodies: Vec<&str> = stored.iter().map(|b| b.text.as_ref()).collect();
+        let sizes: Vec<i32> = stored
+            .iter()
+            .map(|b| i32::try_from(b.bytes).unwrap_or(i32::MAX))
+            .collect();
+        let cut: Vec<bool> = stored.iter().map(|b| b.truncated).collect();
         let ids: Vec<&str> = refused
             .iter()
             .map(|r| msgs[r.index].message_id.as_str())
@@ -571,7 +651,7 @@ impl Store {
             .iter()
             .map(|r| msgs[r.index].receive_count)
             .collect();
-        let args: [DatumWithOid<'_>; 10] = [
+        let args: [DatumWithOid<'_>; 12] = [
             run_id.into(),
             queue_url.into(),
             ids.into(),
@@ -582,6 +662,8 @@ impl Store {
             counts.into(),
             self.role.as_str().into(),
             self.shape.sql_name.as_str().into(),
+            sizes.into(),
+            cut.into(),
         ];
         as_owner(self.owner, || {
             client

@@ -11,7 +11,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class BigBodies:
-    def __init__(self, count: int, body_bytes: int):
+    """A fake SQS endpoint handing out `count` valid login events of about
+    `body_bytes` each, padded in the field `field` (a field the loader
+    ignores by default; `ip` makes them PII the drain masks and vaults)."""
+
+    def __init__(self, count: int, body_bytes: int, field: str = "pad"):
         self.count = count
         self.next = 0
         self.log = []  # (action, messages asked, messages given, reply bytes, seconds to write it)
@@ -22,7 +26,11 @@ class BigBodies:
         pad = '"' * (max(0, body_bytes - 120) // 2)
         suffix = json.dumps(pad)[1:-1] + '"}'
         escaped_suffix = json.dumps(suffix)[1:-1]
-        prefix = lambda i: f'{{"user_id": "user-{i}", "ip": "10.0.0.1", "device_id": "d-{i}", "pad": "'  # noqa: E731
+        fields = {"user_id": "user-{i}", "ip": "10.0.0.1", "device_id": "d-{i}"}
+        fields.pop(field, None)
+        head = ", ".join(f'"{k}": "{v}"' for k, v in fields.items())
+        # (the padded value starts with the message's number: each differs)
+        prefix = lambda i: "{" + head.format(i=i) + f', "{field}": "{i}-'  # noqa: E731
         self.body = lambda i: prefix(i) + suffix
         self.reply_body = lambda i: json.dumps(prefix(i))[1:-1] + escaped_suffix
         fake = self

@@ -166,6 +166,8 @@ REJECTS = [
 def test_each_reject_reason_is_recorded_and_never_blocks_the_rest(pg, sqs):
     # SQS takes bodies up to 1 MiB, the default limit: too_large needs a lower one
     pg.execute("SET fetch_etl.max_body_bytes = '64kB'")
+    # bodies kept whole (the default keeps 64 kB, and too_large's is 70 kB)
+    pg.execute("SET fetch_etl.dead_letter_max_body_bytes = '1MB'")
     good = json.dumps(VALID[0])
     _, url = make_queue(sqs, [b for b, _ in REJECTS] + [good])
     assert counts(drain(pg, url)) == (len(REJECTS) + 1, 1, len(REJECTS), 0)

@@ -255,6 +255,99 @@ def test_memory_a_replay_of_large_dead_letters_stays_bounded(pg):
     assert growth_mb < 100, f"peak growth {growth_mb:.0f} MB"
 
 
+def test_memory_large_pii_values_keep_a_drain_under_256_mb(db):
+    """Anyone who can send to the queue decides how large `ip` is. 0.4.0
+    checked no length for it and kept every raw value for the vault until
+    5,000 pairs had piled up: 400 messages whose `ip` was 250,000 characters
+    took a drain to +577 MB (1,000 of them: +1,442 MB). Now a value longer
+    than fetch_etl.max_pii_bytes is refused, and the vault's buffer is written
+    every 1 MiB: even with the limit raised to 1 MB, the drain stays bounded."""
+    fake = BigBodies(count=400, body_bytes=250_000, field="ip")
+    ip_bytes = (250_000 - 120) // 2  # quotes, each escaped once in the body
+    try:
+        with connect(db) as c:
+            set_credentials(c, ("AKIDFAKE", "fake-secret"))
+            c.execute(USER_LOGINS_DDL)
+            c.execute("SET fetch_etl.http_timeout = '60s'")
+            url = f"http://127.0.0.1:{fake.port}/000000000000/big"
+            pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
+            c.execute("SELECT 1 FROM user_logins LIMIT 1")
+            # the default limit: refused as too_long, kept as dead letters cut to 64 kB
+            row, growth_mb = peak_growth_mb(pid, lambda: drain(c, url, max_messages=200))
+            assert counts(row) == (200, 0, 200, 0)
+            assert c.execute(
+                "SELECT count(*) FROM fetch_etl.dead_letters WHERE reason"
+                " ~ '^too_long: ip has [0-9]+ bytes; values that are masked may have 4096 \\(fetch_etl.max_pii_bytes\\)$'"
+                " AND body_truncated AND octet_length(body) = 65536").fetchone() == (200,)
+            print(f"refused: peak +{growth_mb:.0f} MB")
+            assert growth_mb < 256, f"peak growth {growth_mb:.0f} MB"
+            # a superuser's raised limit: all vaulted, memory still bounded
+            c.execute("SET fetch_etl.max_pii_bytes = '1MB'")
+            row, growth_mb = peak_growth_mb(pid, lambda: drain(c, url, max_messages=200))
+            assert counts(row) == (200, 200, 0, 0)
+            # the ips (and the device ids, small)
+            assert c.execute("SELECT count(*) FILTER (WHERE length(raw) >= %s), count(*) FROM fetch_etl.pii_vault",
+                             (ip_bytes,)).fetchone() == (200, 400)
+        print(f"vaulted: peak +{growth_mb:.0f} MB")
+        assert growth_mb < 256, f"peak growth {growth_mb:.0f} MB"
+    finally:
+        fake.close()
+
+
+def test_memory_a_role_cannot_raise_the_pii_limit(db, role):
+    with connect(db) as c:
+        c.execute(f"SET ROLE {role}")
+        for setting in ("fetch_etl.max_pii_bytes", "fetch_etl.dead_letter_max_body_bytes", "fetch_etl.dead_letter_retention"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                c.execute(f"SET {setting} = 1024")
+
+
+# ---------------------------------------------------------------- disk_*
+
+
+def test_disk_a_large_refused_body_is_kept_cut_and_never_replayed(pg, sqs):
+    """0.4.0 kept every refused body whole, and prune never removed one:
+    10,000 bodies of 250 kB that are not JSON left 2.5 GB behind. Now a dead
+    letter keeps the first fetch_etl.dead_letter_max_body_bytes (64 kB) and
+    says what it cut; a cut body is never replayed."""
+    pg.execute(USER_LOGINS_DDL)
+    big = "é" + "x" * 249_999
+    _, url = make_queue(sqs, [big, big[:1000]], per_call=1)
+    assert counts(drain(pg, url)) == (2, 0, 2, 0)
+    rows = pg.execute("SELECT octet_length(body), body_bytes, body_truncated, reason_code FROM fetch_etl.dead_letters"
+                      " ORDER BY body_bytes").fetchall()
+    assert rows == [(1001, 1001, False, "not_json"), (65536, 250_001, True, "not_json")]
+    assert pg.execute("SELECT * FROM fetch_etl.replay_dead_letters(any_target => true)").fetchone() == (1, 0, 1)
+    assert pg.execute("SELECT count(*) FROM fetch_etl.dead_letters WHERE replay_attempts = 0").fetchone() == (1,)
+    # a superuser may keep more
+    pg.execute("SET fetch_etl.dead_letter_max_body_bytes = '1MB'")
+    _, url = make_queue(sqs, [big], per_call=1)
+    drain(pg, url)
+    assert pg.execute("SELECT octet_length(body), body_truncated FROM fetch_etl.dead_letters ORDER BY dead_letter_id DESC"
+                      " LIMIT 1").fetchone() == (250_001, False)
+
+
+def test_disk_prune_removes_dead_letters_never_replayed_past_the_retention(pg, role):
+    """0.4.0's prune removed replayed dead letters only: anyone who can send to
+    the queue could fill the disk with ones that never load."""
+    add_dead_letters(pg, 3, "'old'")
+    add_dead_letters(pg, 2, "'new'")
+    pg.execute("UPDATE fetch_etl.dead_letters SET dead_at = now() - interval '31 days' WHERE body = 'old'")
+    pg.execute(f"GRANT EXECUTE ON FUNCTION fetch_etl.prune(interval, interval, interval) TO {role}")
+    with connect(pg.info.dbname) as op:
+        op.execute(f"SET ROLE {role}")
+        notices = []
+        op.add_notice_handler(lambda d: notices.append(d.message_primary))
+        op.execute("SELECT * FROM fetch_etl.prune()")
+    assert pg.execute("SELECT body, count(*) FROM fetch_etl.dead_letters GROUP BY 1").fetchall() == [("new", 2)]
+    assert any("removed 3 dead letters never replayed" in n for n in notices), notices
+    # 0 keeps them
+    pg.execute("UPDATE fetch_etl.dead_letters SET dead_at = now() - interval '10 years'")
+    pg.execute("SET fetch_etl.dead_letter_retention = 0")
+    pg.execute("SELECT * FROM fetch_etl.prune()")
+    assert pg.execute("SELECT count(*) FROM fetch_etl.dead_letters").fetchone() == (2,)
+
+
 # ---------------------------------------------------------------- interrupt_*
 
 
@@ -413,6 +506,41 @@ def test_replay_a_forged_dead_letter_is_not_loaded_into_another_table(db, aws_ke
         # widening the replay is explicit
         assert op.execute("SELECT * FROM fetch_etl.replay_dead_letters(target_table => 'ops.user_logins',"
                           " any_target => true)").fetchone() == (1, 1, 0)
+
+
+def test_replay_any_target_takes_only_dead_letters_of_roles_the_caller_belongs_to(db, role):
+    """0.4.0: any role granted replay_dead_letters could pass any_target =>
+    true and copy every queue's dead letters, raw user_ids and all, into a
+    table of its own, marking them replayed so that their owners could not
+    replay them. Now any_target widens the replay to the caller's own roles'
+    dead letters only (a superuser's: all)."""
+    with connect(db) as admin:
+        admin.execute("CREATE ROLE fe_other_loader")
+        admin.execute("CREATE TABLE public.mine (LIKE user_logins)")
+        admin.execute(f"ALTER TABLE public.mine OWNER TO {role}")
+        admin.execute("GRANT EXECUTE ON FUNCTION fetch_etl.replay_dead_letters(text, text, text, integer, boolean)"
+                      f" TO {role}")
+        for who, uid in [("fe_other_loader", "theirs"), (role, "ours")]:
+            body = json.dumps(dict(VALID[0], user_id=uid))
+            admin.execute("INSERT INTO fetch_etl.dead_letters (run_id, queue_url, message_id, body, reason_code, reason,"
+                          " run_role, target_table) VALUES (0, 'q', %s, %s, 'rejected_by_table', 'x', %s,"
+                          " 'public.user_logins')", (uid, body, who))
+    try:
+        with connect(db) as c:
+            c.execute(f"SET ROLE {role}")
+            assert c.execute("SELECT * FROM fetch_etl.replay_dead_letters(target_table => 'public.mine',"
+                             " any_target => true)").fetchone() == (1, 1, 0)
+            assert c.execute("SELECT user_id FROM public.mine").fetchall() == [("ours",)]
+        with connect(db) as admin:
+            assert admin.execute("SELECT replayed_at IS NULL FROM fetch_etl.dead_letters WHERE message_id = 'theirs'"
+                                 ).fetchone() == (True,)
+            # a superuser's any_target takes every role's
+            admin.execute("CREATE TABLE public.everything (LIKE user_logins)")
+            assert admin.execute("SELECT * FROM fetch_etl.replay_dead_letters(target_table => 'public.everything',"
+                                 " any_target => true)").fetchone() == (1, 1, 0)
+    finally:
+        with connect(db) as admin:
+            admin.execute("DROP ROLE fe_other_loader")
 
 
 def test_replay_dead_letters_that_fail_again_do_not_block_the_ones_behind_them(pg, sqs):

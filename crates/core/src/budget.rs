@@ -9,6 +9,10 @@
 //! - the batch being stored and its copies (parsed events, column arrays, SQL
 //!   arrays): the drain stores a batch at `fetch_etl.batch_size` messages or
 //!   [`STORE_FLUSH_BYTES`] bytes, whichever comes first;
+//! - the PII vault's buffer of (mask, raw value) pairs not yet written: it
+//!   is written once it holds [`VAULT_FLUSH_BYTES`] (or 5,000 pairs), one
+//!   value past it at most (`fetch_etl.max_pii_bytes`, superuser-only), and
+//!   its copies while it is written;
 //! - the receipt handles queued for deletion after COMMIT: at most
 //!   [`MAX_PENDING_DELETE_BYTES`] per transaction;
 //! - the visibility heartbeat's copy of them: at most [`MAX_HELD_BYTES`] per
@@ -16,6 +20,8 @@
 //!
 //! [`worst_case_bytes`] adds these up; a test keeps it under 256 MiB at the
 //! default concurrency limit, and the e2e test `test_memory_*` measures it.
+
+use crate::settings;
 
 /// The largest reply accepted: ten 1 MiB messages with every byte escaped
 /// once (JSON `\"`), plus ids, handles and attributes. A larger reply is
@@ -40,6 +46,15 @@ pub const MAX_PENDING_DELETE_BYTES: usize = 16 * 1024 * 1024;
 /// it are not extended.
 pub const MAX_HELD_BYTES: usize = 16 * 1024 * 1024;
 
+/// The PII vault's buffer is written once it holds this many bytes of
+/// masks and raw values (or 5,000 pairs, whichever comes first). Normal
+/// values (an IP address, a device id) reach 5,000 pairs first, at about
+/// 0.6 MB; this bounds the buffer when senders send large values.
+pub const VAULT_FLUSH_BYTES: usize = 1024 * 1024;
+
+/// What one vault pair costs besides its two strings (their headers).
+pub const VAULT_PAIR_OVERHEAD: usize = 48;
+
 /// The longest receipt handle and message id accepted (AWS: 1,024 and 100).
 pub const MAX_RECEIPT_HANDLE_BYTES: usize = 1024;
 pub const MAX_MESSAGE_ID_BYTES: usize = 128;
@@ -47,6 +62,18 @@ pub const MAX_MESSAGE_ID_BYTES: usize = 128;
 /// Copies of a batch alive while it is stored (messages, events, columns,
 /// SQL arrays).
 const STORE_COPIES: usize = 4;
+
+/// Copies of the vault buffer alive while it is written (the pairs, the
+/// text datums, the two arrays, the rows being inserted).
+const VAULT_COPIES: usize = 4;
+
+/// The vault buffer at its fullest: one value past [`VAULT_FLUSH_BYTES`],
+/// with the default `fetch_etl.max_pii_bytes` (a superuser who raises it
+/// raises this too).
+const VAULT_BUFFER_MAX: usize = VAULT_FLUSH_BYTES
+    + settings::MAX_PII_BYTES.default as usize
+    + crate::mask::MASK_LEN
+    + VAULT_PAIR_OVERHEAD;
 
 const _: () = assert!(STORE_FLUSH_BYTES < PUMP_HIGH_WATER);
 
@@ -79,6 +106,7 @@ pub const fn worst_case_bytes(concurrency: usize) -> usize {
     concurrency * MAX_REPLY_BYTES
         + PUMP_HIGH_WATER
         + STORE_COPIES * STORE_FLUSH_BYTES
+        + VAULT_COPIES * VAULT_BUFFER_MAX
         + MAX_PENDING_DELETE_BYTES
         + MAX_HELD_BYTES
 }
@@ -86,7 +114,6 @@ pub const fn worst_case_bytes(concurrency: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::settings;
 
     // The bounds are constants: checked when the crate compiles.
     const _: () = {

@@ -29,6 +29,9 @@ pub const LOGIN_FIELDS: [&str; 6] = [
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     pub max_body_bytes: usize,
+    /// Longest value that is masked (and kept raw in the vault), in bytes:
+    /// no column limits those (`fetch_etl.max_pii_bytes`).
+    pub max_pii_bytes: usize,
     /// Maximum characters (None: unlimited, e.g. `text`).
     pub user_id_chars: Option<usize>,
     pub device_type_chars: Option<usize>,
@@ -50,6 +53,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_body_bytes: settings::MAX_BODY_BYTES.default as usize,
+            max_pii_bytes: settings::MAX_PII_BYTES.default as usize,
             user_id_chars: Some(128),
             device_type_chars: Some(32),
             locale_chars: Some(32),
@@ -320,6 +324,9 @@ fn login_from(fields: &Fields, limits: &Limits) -> Result<LoginEvent, Reject> {
         _ => return Err(reject(RejectReason::MissingField, "user_id is required")),
     };
     check_len("user_id", &Some(user_id.clone()), limits.user_id_chars)?;
+    for (name, v) in [("ip", &ip), ("device_id", &device_id)] {
+        check_pii_len(name, v.as_deref(), limits.max_pii_bytes)?;
+    }
     check_len("device_type", &device_type, limits.device_type_chars)?;
     check_len("locale", &locale, limits.locale_chars)?;
 
@@ -351,6 +358,22 @@ fn login_from(fields: &Fields, limits: &Limits) -> Result<LoginEvent, Reject> {
         device_id,
         app_version,
     })
+}
+
+/// A value to be masked: at most `max` bytes, the raw value being what the
+/// vault keeps (and a drain holds in memory until it writes them).
+pub(crate) fn check_pii_len(name: &str, v: Option<&str>, max: usize) -> Result<(), Reject> {
+    match v {
+        Some(v) if v.len() > max => Err(reject(
+            RejectReason::TooLong,
+            format!(
+                "{name} has {} bytes; values that are masked may have {max} ({})",
+                v.len(),
+                settings::MAX_PII_BYTES.name_str()
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// `major*10000 + minor*100 + patch`: order-preserving for versions whose minor

@@ -11,6 +11,7 @@
 //! - [`mask`]: keyed HMAC-SHA256 masking.
 //! - [`budget`]: the memory bounds of one drain.
 //! - [`batch`]: received messages to column arrays, vault pairs and refusals.
+//! - [`dead_letter`]: what a dead letter keeps of a refused body.
 //! - [`target`]: which target tables are usable, their limits, the INSERT.
 //! - [`sqs`]: the SQS client (wire protocols, signing, retries, the pump).
 //! - [`error`]: error kinds, mapped to SQLSTATEs by the extension.
@@ -23,6 +24,7 @@ pub mod batch;
 pub mod budget;
 pub mod contract;
 pub mod credentials;
+pub mod dead_letter;
 pub mod envelope;
 pub mod error;
 pub mod event;

@@ -306,6 +306,39 @@ pub const VISIBILITY_ON_ROLLBACK: IntSetting = IntSetting {
     access: Access::Anyone,
 };
 
+pub const MAX_PII_BYTES: IntSetting = IntSetting {
+    name: c"fetch_etl.max_pii_bytes",
+    short: c"Values fetch_etl masks (and keeps in the PII vault) longer than this are rejected as too_long.",
+    long: c"Superuser only: the vault keeps every raw value, and a drain holds them in memory until they are written.",
+    default: 4096,
+    min: 64,
+    max: SQS_MAX_BODY_BYTES,
+    unit: Unit::Bytes,
+    access: Access::Superuser,
+};
+
+pub const DEAD_LETTER_MAX_BODY_BYTES: IntSetting = IntSetting {
+    name: c"fetch_etl.dead_letter_max_body_bytes",
+    short: c"Dead letters keep at most this much of a refused message's body; the rest is cut off (body_truncated).",
+    long: c"Superuser only. A dead letter whose body was cut cannot be replayed.",
+    default: 64 * 1024,
+    min: 1024,
+    max: SQS_MAX_BODY_BYTES,
+    unit: Unit::Bytes,
+    access: Access::Superuser,
+};
+
+pub const DEAD_LETTER_RETENTION: IntSetting = IntSetting {
+    name: c"fetch_etl.dead_letter_retention",
+    short: c"fetch_etl.prune() removes dead letters never replayed once they are older than this (0: keep them).",
+    long: c"Superuser only.",
+    default: 30 * 24 * 3600,
+    min: 0,
+    max: 3650 * 24 * 3600,
+    unit: Unit::Seconds,
+    access: Access::Superuser,
+};
+
 /// SQS's limit on a message (body and attributes): 1 MiB.
 pub const SQS_MAX_BODY_BYTES: i32 = 1024 * 1024;
 
@@ -326,12 +359,15 @@ pub const INTS: &[IntSetting] = &[
     MAX_RECEIVE_CONCURRENCY,
     BATCH_SIZE,
     MAX_BODY_BYTES,
+    MAX_PII_BYTES,
     HTTP_TIMEOUT,
     HTTP_MAX_ATTEMPTS,
     DELETE_TIMEOUT,
     LEDGER_WAIT_TIMEOUT,
     VISIBILITY_EXTENSION_LIMIT,
     VISIBILITY_ON_ROLLBACK,
+    DEAD_LETTER_MAX_BODY_BYTES,
+    DEAD_LETTER_RETENTION,
 ];
 
 /// Every setting's name, in documentation order.
