@@ -8,6 +8,82 @@
 
 \echo Use "ALTER EXTENSION fetch_etl UPDATE TO '0.2.0'" to load this file. \quit
 
+-- Install-time trust (added in 0.5.0 to every update script: checked before
+-- anything changes). CREATE EXTENSION uses an existing schema named
+-- fetch_etl whoever made it, and this script runs as a superuser: a role that
+-- could make that schema first (a database's owner) could leave functions,
+-- operators or tables in it for this script, or later drains, to use with a
+-- superuser's rights. Refuse, before anything is created or changed, unless
+-- the schema belongs to the extension's owner (the installing role) and holds
+-- nothing but the extension's own objects (its members and what depends on
+-- them internally: indexes, row types, constraints, owned sequences).
+DO $trust$
+DECLARE
+    ext record;
+    schema_owner name;
+    strangers text[];
+    saved_path constant text := pg_catalog.current_setting('search_path');
+BEGIN
+    -- Nothing below may resolve into the schema under suspicion. (Restored
+    -- at the end: the rest of the script creates its objects through it.)
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    SELECT e.oid, e.extnamespace AS nsp, e.extowner AS owner INTO STRICT ext
+      FROM pg_catalog.pg_extension AS e WHERE e.extname = 'fetch_etl';
+    SELECT pg_catalog.pg_get_userbyid(n.nspowner) INTO schema_owner
+      FROM pg_catalog.pg_namespace AS n WHERE n.oid = ext.nsp AND n.nspowner <> ext.owner;
+    IF FOUND THEN
+        RAISE EXCEPTION 'schema fetch_etl is owned by role %, not by %, the role installing fetch_etl',
+                        schema_owner, pg_catalog.pg_get_userbyid(ext.owner)
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'fetch_etl runs its scripts and drains with a superuser''s rights, using what is in its schema; another role''s schema could lend it that role''s functions and tables.',
+                  HINT = 'Check what schema fetch_etl holds, drop it (or ALTER SCHEMA fetch_etl OWNER TO the installing role if you trust its contents), then try again.';
+    END IF;
+    WITH RECURSIVE ours(classid, objid) AS (
+        SELECT d.classid, d.objid FROM pg_catalog.pg_depend AS d
+         WHERE d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass
+           AND d.refobjid = ext.oid AND d.deptype = 'e'
+        UNION
+        SELECT d.classid, d.objid FROM pg_catalog.pg_depend AS d
+          JOIN ours AS o ON d.refclassid = o.classid AND d.refobjid = o.objid
+         WHERE d.deptype IN ('a', 'i')
+    ), present(classid, objid) AS (
+        SELECT 'pg_catalog.pg_class'::pg_catalog.regclass, c.oid FROM pg_catalog.pg_class AS c WHERE c.relnamespace = ext.nsp
+        UNION ALL SELECT 'pg_catalog.pg_proc'::pg_catalog.regclass, p.oid FROM pg_catalog.pg_proc AS p WHERE p.pronamespace = ext.nsp
+        UNION ALL SELECT 'pg_catalog.pg_type'::pg_catalog.regclass, t.oid FROM pg_catalog.pg_type AS t WHERE t.typnamespace = ext.nsp
+        UNION ALL SELECT 'pg_catalog.pg_operator'::pg_catalog.regclass, o.oid FROM pg_catalog.pg_operator AS o WHERE o.oprnamespace = ext.nsp
+        UNION ALL SELECT 'pg_catalog.pg_opclass'::pg_catalog.regclass, o.oid FROM pg_catalog.pg_opclass AS o WHERE o.opcnamespace = ext.nsp
+        UNION ALL SELECT 'pg_catalog.pg_opfamily'::pg_catalog.regclass, o.oid FROM pg_catalog.pg_opfamily AS o WHERE o.opfnamespace = ext.nsp
+        UNION ALL SELECT 'pg_catalog.pg_collation'::pg_catalog.regclass, c.oid FROM pg_catalog.pg_collation AS c WHERE c.collnamespace = ext.nsp
+        UNION ALL SELECT 'pg_catalog.pg_conversion'::pg_catalog.regclass, c.oid FROM pg_catalog.pg_conversion AS c WHERE c.connamespace = ext.nsp
+        UNION ALL SELECT 'pg_catalog.pg_constraint'::pg_catalog.regclass, c.oid FROM pg_catalog.pg_constraint AS c WHERE c.connamespace = ext.nsp
+        UNION ALL SELECT 'pg_catalog.pg_statistic_ext'::pg_catalog.regclass, s.oid FROM pg_catalog.pg_statistic_ext AS s WHERE s.stxnamespace = ext.nsp
+        UNION ALL SELECT 'pg_catalog.pg_ts_config'::pg_catalog.regclass, c.oid FROM pg_catalog.pg_ts_config AS c WHERE c.cfgnamespace = ext.nsp
+        UNION ALL SELECT 'pg_catalog.pg_ts_dict'::pg_catalog.regclass, d.oid FROM pg_catalog.pg_ts_dict AS d WHERE d.dictnamespace = ext.nsp
+        UNION ALL SELECT 'pg_catalog.pg_ts_parser'::pg_catalog.regclass, p.oid FROM pg_catalog.pg_ts_parser AS p WHERE p.prsnamespace = ext.nsp
+        UNION ALL SELECT 'pg_catalog.pg_ts_template'::pg_catalog.regclass, t.oid FROM pg_catalog.pg_ts_template AS t WHERE t.tmplnamespace = ext.nsp
+        UNION ALL SELECT 'pg_catalog.pg_extension'::pg_catalog.regclass, e.oid FROM pg_catalog.pg_extension AS e WHERE e.extnamespace = ext.nsp AND e.oid <> ext.oid
+    ), theirs(classid, objid) AS (
+        SELECT p.classid, p.objid FROM present AS p
+         WHERE NOT EXISTS (SELECT FROM ours AS o WHERE o.classid = p.classid AND o.objid = p.objid)
+    )
+    -- (named once: a table's row type, indexes and constraints go with it)
+    SELECT pg_catalog.array_agg(pg_catalog.pg_describe_object(t.classid, t.objid, 0) ORDER BY 1) INTO strangers
+      FROM theirs AS t
+     WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_depend AS d JOIN theirs AS u
+                         ON d.refclassid = u.classid AND d.refobjid = u.objid
+                        WHERE d.classid = t.classid AND d.objid = t.objid AND d.deptype IN ('a', 'i'));
+    IF strangers IS NOT NULL THEN
+        RAISE EXCEPTION 'schema fetch_etl holds objects that are not fetch_etl''s'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'Not fetch_etl''s (' || pg_catalog.cardinality(strangers) || '): '
+                           || pg_catalog.array_to_string(strangers[1:10], '; ')
+                           || CASE WHEN pg_catalog.cardinality(strangers) > 10 THEN '; ...' ELSE '' END || '.',
+                  HINT = 'fetch_etl uses what is in its schema with a superuser''s rights: move or drop those objects first.';
+    END IF;
+    PERFORM pg_catalog.set_config('search_path', saved_path, true);
+END
+$trust$;
+
 CREATE TABLE fetch_etl.queue_locks (
     queue_key      text        COLLATE "C" PRIMARY KEY,
     first_drained  timestamptz NOT NULL DEFAULT pg_catalog.now()

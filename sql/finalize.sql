@@ -41,8 +41,9 @@ COMMENT ON FUNCTION fetch_etl.set_mask_key(bytea) IS
     'Superuser: make the given 32-byte key the active masking key. Returns its generation.';
 
 -- Housekeeping, to schedule daily: drop old run records, ledger entries the
--- queue can no longer redeliver (SQS keeps messages at most 14 days), and dead
--- letters that were replayed. Dead letters not yet replayed are kept. Moves
+-- queue can no longer redeliver (SQS keeps messages at most 14 days), dead
+-- letters that were replayed, and those never replayed once they are older
+-- than fetch_etl.dead_letter_retention (superuser-only; 0: keep them). Moves
 -- pending vault pairs into the vault.
 CREATE FUNCTION fetch_etl.prune(
     keep_runs     interval DEFAULT interval '30 days',
@@ -54,6 +55,8 @@ CREATE FUNCTION fetch_etl.prune(
 AS $$
 DECLARE
     saved_lock_timeout text;
+    retention interval;
+    expired bigint;
 BEGIN
     -- The floors compare cutoffs, not intervals: interval comparison counts a
     -- month as 30 days, subtraction does not, so '-1200 mons 36014 days'
@@ -78,6 +81,17 @@ BEGIN
     GET DIAGNOSTICS ledger = ROW_COUNT;
     DELETE FROM fetch_etl.dead_letters WHERE replayed_at < pg_catalog.now() - keep_replayed;
     GET DIAGNOSTICS replayed_dead_letters = ROW_COUNT;
+    -- Dead letters never replayed, past the superuser's retention (0.5.0):
+    -- anyone who can send to a queue decides how many there are.
+    retention := fetch_etl.dead_letter_retention();
+    IF retention IS NOT NULL THEN
+        DELETE FROM fetch_etl.dead_letters WHERE replayed_at IS NULL AND dead_at < pg_catalog.now() - retention;
+        GET DIAGNOSTICS expired = ROW_COUNT;
+        IF expired > 0 THEN
+            RAISE NOTICE 'fetch_etl.prune: removed % dead letters never replayed, older than fetch_etl.dead_letter_retention (%)',
+                expired, retention;
+        END IF;
+    END IF;
     -- Vault pairs a drain left pending move into the vault: one statement, so
     -- no pair committed meanwhile is deleted without being moved. Waiting at
     -- most 5 seconds on a session adding one of those masks; if it takes
@@ -97,7 +111,9 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION fetch_etl.prune(interval, interval, interval) IS
-    'Housekeeping: delete run records, ledger entries (at least 14 days kept) and replayed dead letters older than the given ages; move pending vault pairs into the vault.';
+    'Housekeeping: delete run records, ledger entries (at least 14 days kept) and replayed dead letters older than the given ages, and dead letters past fetch_etl.dead_letter_retention; move pending vault pairs into the vault.';
+COMMENT ON FUNCTION fetch_etl.dead_letter_retention() IS
+    'fetch_etl.dead_letter_retention as prune() applies it (NULL: dead letters are kept).';
 
 -- Drain repeatedly for up to time_budget, committing after each call, so that
 -- rows become visible and messages are deleted within seconds while a
@@ -115,23 +131,25 @@ CREATE PROCEDURE fetch_etl.sqs_drain_for(
     LANGUAGE plpgsql
 AS $$
 DECLARE
-    deadline constant timestamptz := pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) time_budget;
+    deadline constant pg_catalog.timestamptz := pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) time_budget;
     left_s integer;
     r record;
 BEGIN
-    IF time_budget IS NULL OR time_budget < interval '1 second' OR time_budget > interval '1 day' THEN
+    IF time_budget IS NULL OR time_budget OPERATOR(pg_catalog.<) interval '1 second'
+       OR time_budget OPERATOR(pg_catalog.>) interval '1 day' THEN
         RAISE EXCEPTION 'time_budget must be between 1 second and 1 day' USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF wait_seconds IS NULL OR wait_seconds < 1 OR wait_seconds > 20 THEN
+    IF wait_seconds IS NULL OR wait_seconds OPERATOR(pg_catalog.<) 1 OR wait_seconds OPERATOR(pg_catalog.>) 20 THEN
         RAISE EXCEPTION 'wait_seconds must be between 1 and 20 for sqs_drain_for'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     LOOP
         left_s := pg_catalog.floor(pg_catalog.date_part('epoch', deadline OPERATOR(pg_catalog.-) pg_catalog.clock_timestamp()))::integer;
         EXIT WHEN left_s OPERATOR(pg_catalog.<) 1;
-        SELECT * INTO r FROM fetch_etl.sqs_drain(queue_url, max_messages,
-            pg_catalog.int4smaller(wait_seconds, pg_catalog.int4larger(left_s OPERATOR(pg_catalog.-) 1, 0)),
-            target_table, NULL, on_error);
+        -- Every argument typed: no overload can be a better match.
+        SELECT * INTO r FROM fetch_etl.sqs_drain(queue_url::pg_catalog.text, max_messages::integer,
+            pg_catalog.int4smaller(wait_seconds, pg_catalog.int4larger(left_s OPERATOR(pg_catalog.-) 1, 0))::integer,
+            target_table::pg_catalog.text, NULL::integer, on_error::pg_catalog.text);
         COMMIT;
         EXIT WHEN r.run_id IS NULL;  -- another session is draining this queue
     END LOOP;
@@ -143,22 +161,22 @@ COMMENT ON PROCEDURE fetch_etl.sqs_drain_for(text, interval, integer, text, inte
 -- Per-queue health at a glance, from the run records.
 CREATE VIEW fetch_etl.queue_health AS
 SELECT r.queue_url,
-       max(r.started_at) AS last_run_at,
+       pg_catalog.max(r.started_at) AS last_run_at,
        (pg_catalog.array_agg(r.status ORDER BY r.run_id DESC))[1] AS last_status,
-       max(r.started_at) FILTER (WHERE r.loaded > 0) AS last_load_at,
+       pg_catalog.max(r.started_at) FILTER (WHERE r.loaded OPERATOR(pg_catalog.>) 0) AS last_load_at,
        (pg_catalog.array_agg(r.error ORDER BY r.run_id DESC) FILTER (WHERE r.error IS NOT NULL))[1] AS last_error,
-       max(r.started_at) FILTER (WHERE r.error IS NOT NULL) AS last_error_at,
-       count(*) FILTER (WHERE r.started_at > pg_catalog.now() - interval '1 hour') AS runs_last_hour,
-       COALESCE(sum(r.received) FILTER (WHERE r.started_at > pg_catalog.now() - interval '1 hour'), 0) AS received_last_hour,
-       COALESCE(sum(r.loaded) FILTER (WHERE r.started_at > pg_catalog.now() - interval '1 hour'), 0) AS loaded_last_hour,
-       COALESCE(sum(r.rejected) FILTER (WHERE r.started_at > pg_catalog.now() - interval '1 day'), 0) AS rejected_last_day,
+       pg_catalog.max(r.started_at) FILTER (WHERE r.error IS NOT NULL) AS last_error_at,
+       pg_catalog.count(*) FILTER (WHERE r.started_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) interval '1 hour')) AS runs_last_hour,
+       COALESCE(pg_catalog.sum(r.received) FILTER (WHERE r.started_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) interval '1 hour')), 0) AS received_last_hour,
+       COALESCE(pg_catalog.sum(r.loaded) FILTER (WHERE r.started_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) interval '1 hour')), 0) AS loaded_last_hour,
+       COALESCE(pg_catalog.sum(r.rejected) FILTER (WHERE r.started_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) interval '1 day')), 0) AS rejected_last_day,
        -- while messages were flowing: a run's final empty long poll does not count
-       round((sum(r.received) FILTER (WHERE r.started_at > pg_catalog.now() - interval '1 hour' AND r.received > 0)
-              / NULLIF(sum(r.active_seconds)
-                       FILTER (WHERE r.started_at > pg_catalog.now() - interval '1 hour' AND r.received > 0), 0))::numeric, 1)
+       pg_catalog.round((pg_catalog.sum(r.received) FILTER (WHERE r.started_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) interval '1 hour') AND r.received OPERATOR(pg_catalog.>) 0)
+              OPERATOR(pg_catalog./) NULLIF(pg_catalog.sum(r.active_seconds)
+                       FILTER (WHERE r.started_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) interval '1 hour') AND r.received OPERATOR(pg_catalog.>) 0), 0::double precision))::numeric, 1)
            AS messages_per_second,
-       (SELECT count(*) FROM fetch_etl.dead_letters d
-         WHERE d.queue_url = r.queue_url AND d.replayed_at IS NULL) AS dead_letters_pending
+       (SELECT pg_catalog.count(*) FROM fetch_etl.dead_letters d
+         WHERE d.queue_url OPERATOR(pg_catalog.=) r.queue_url AND d.replayed_at IS NULL) AS dead_letters_pending
 FROM fetch_etl.drain_runs r
 GROUP BY r.queue_url;
 COMMENT ON VIEW fetch_etl.queue_health IS
@@ -186,7 +204,55 @@ REVOKE ALL ON PROCEDURE fetch_etl.sqs_drain_for(text, interval, integer, text, i
 REVOKE ALL ON FUNCTION fetch_etl.queue_depth(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION fetch_etl.replay_dead_letters(text, text, text, integer, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION fetch_etl.prune(interval, interval, interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION fetch_etl.dead_letter_retention() FROM PUBLIC;
 REVOKE ALL ON TABLE fetch_etl.queue_health FROM PUBLIC;
 
 -- The first key: 256 random bits from the operating system, never in SQL text.
 SELECT fetch_etl.rotate_mask_key();
+
+-- Privileges, whatever the installer's default privileges were (0.5.0).
+-- PostgreSQL applies the installing role's ALTER DEFAULT PRIVILEGES to every
+-- object this script creates, the schema included: they could hand the key,
+-- the vault or unmask() to another role. Every privilege on the extension's
+-- objects but the owner's own is revoked; then PUBLIC gets USAGE on the
+-- schema, the only grant fetch_etl makes (docs/security.md, "Privileges").
+DO $privileges$
+DECLARE
+    ext record;
+    r record;
+    saved_path constant text := pg_catalog.current_setting('search_path');
+BEGIN
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    SELECT e.oid, e.extnamespace AS nsp, e.extowner AS owner INTO STRICT ext
+      FROM pg_catalog.pg_extension AS e WHERE e.extname = 'fetch_etl';
+    FOR r IN
+        WITH members(classid, objid) AS (
+            SELECT d.classid, d.objid FROM pg_catalog.pg_depend AS d
+             WHERE d.refclassid = 'pg_catalog.pg_extension'::regclass AND d.refobjid = ext.oid AND d.deptype = 'e'
+        ), objects(kind, name, acl) AS (
+            SELECT 'SCHEMA', format('%I', n.nspname), coalesce(n.nspacl, acldefault('n', n.nspowner))
+              FROM pg_namespace AS n WHERE n.oid = ext.nsp
+            UNION ALL
+            SELECT CASE c.relkind WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END,
+                   format('%I.%I', n.nspname, c.relname),
+                   coalesce(c.relacl, acldefault((CASE c.relkind WHEN 'S' THEN 's' ELSE 'r' END)::"char", c.relowner))
+              FROM members AS m JOIN pg_class AS c ON m.classid = 'pg_catalog.pg_class'::regclass AND c.oid = m.objid
+              JOIN pg_namespace AS n ON n.oid = c.relnamespace
+            UNION ALL
+            SELECT 'ROUTINE', format('%I.%I(%s)', n.nspname, p.proname, pg_get_function_identity_arguments(p.oid)),
+                   coalesce(p.proacl, acldefault('f', p.proowner))
+              FROM members AS m JOIN pg_proc AS p ON m.classid = 'pg_catalog.pg_proc'::regclass AND p.oid = m.objid
+              JOIN pg_namespace AS n ON n.oid = p.pronamespace
+        )
+        SELECT DISTINCT o.kind, o.name,
+               CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE format('%I', pg_get_userbyid(a.grantee)) END AS grantee
+          FROM objects AS o, aclexplode(o.acl) AS a
+         WHERE a.grantee <> ext.owner
+         ORDER BY 1, 2, 3
+    LOOP
+        EXECUTE format('REVOKE ALL ON %s %s FROM %s CASCADE', r.kind, r.name, r.grantee);
+    END LOOP;
+    GRANT USAGE ON SCHEMA fetch_etl TO PUBLIC;
+    PERFORM pg_catalog.set_config('search_path', saved_path, true);
+END
+$privileges$;

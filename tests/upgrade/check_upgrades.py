@@ -126,6 +126,73 @@ def grants_survive(admin, old: str) -> list[str]:
     return out
 
 
+def update_is_refused_for_a_schema_it_cannot_trust(admin, old: str) -> list[str]:
+    """Threat: objects another role left in schema fetch_etl (or a schema that
+    changed hands) are used by the update script with a superuser's rights.
+    The update refuses before it changes anything: the version stays."""
+    db, role = "upgrade_trust", "fe_upgrade_stranger"
+    out = []
+    for what, plant, sqlstate in [
+        ("a planted function", "CREATE FUNCTION fetch_etl.planted() RETURNS int LANGUAGE sql AS 'SELECT 1'", "55000"),
+        ("a schema owned by another role", f"ALTER SCHEMA fetch_etl OWNER TO {role}", "42501"),
+    ]:
+        admin(f'DROP DATABASE IF EXISTS "{db}"')
+        admin(f'CREATE DATABASE "{db}"')
+        admin(f"DROP ROLE IF EXISTS {role}")
+        admin(f"CREATE ROLE {role}")
+        try:
+            with psycopg.connect(host=ARGS.host, port=ARGS.port, user="postgres", dbname=db, autocommit=True) as c:
+                c.execute(f"CREATE EXTENSION fetch_etl VERSION '{old}'")
+                c.execute(plant)
+                try:
+                    c.execute("ALTER EXTENSION fetch_etl UPDATE")
+                    out.append(f"  {old}: the update went ahead in spite of {what}")
+                except psycopg.Error as e:
+                    if e.sqlstate != sqlstate:
+                        out.append(f"  {old}, {what}: SQLSTATE {e.sqlstate} ({e}), expected {sqlstate}")
+                v = c.execute("SELECT extversion FROM pg_extension WHERE extname = 'fetch_etl'").fetchone()[0]
+                if v != old:
+                    out.append(f"  {old}, {what}: the extension is at {v} after a refused update")
+        finally:
+            admin(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+            admin(f"DROP ROLE IF EXISTS {role}")
+    return out
+
+
+def update_takes_back_what_default_privileges_gave(admin, old: str) -> list[str]:
+    """Threat: the installer's ALTER DEFAULT PRIVILEGES gave another role the
+    key, the vault and unmask() when release `old` was installed; the update
+    takes back every privilege default privileges explain."""
+    db, role = "upgrade_defaults", "fe_upgrade_reader"
+    admin(f'DROP DATABASE IF EXISTS "{db}"')
+    admin(f'CREATE DATABASE "{db}"')
+    admin(f"DROP ROLE IF EXISTS {role}")
+    admin(f"CREATE ROLE {role}")
+    out = []
+    try:
+        with psycopg.connect(host=ARGS.host, port=ARGS.port, user="postgres", dbname=db, autocommit=True) as c:
+            for kind in ("TABLES", "SEQUENCES", "FUNCTIONS", "SCHEMAS"):
+                c.execute(f"ALTER DEFAULT PRIVILEGES GRANT ALL ON {kind} TO {role}")
+            c.execute(f"CREATE EXTENSION fetch_etl VERSION '{old}'")
+            leaked = c.execute("SELECT has_table_privilege(%s, 'fetch_etl.mask_keys', 'SELECT')", (role,)).fetchone()[0]
+            if not leaked:
+                out.append(f"  {old}: the control did not leak (default privileges did not apply?)")
+            c.execute("ALTER EXTENSION fetch_etl UPDATE")
+            for (what,) in c.execute(
+                    "SELECT c.relname FROM pg_class c WHERE c.relnamespace = 'fetch_etl'::regnamespace"
+                    " AND c.relkind IN ('r', 'v', 'S') AND (has_table_privilege(%s, c.oid, 'SELECT')"
+                    "  OR has_table_privilege(%s, c.oid, 'INSERT') OR has_table_privilege(%s, c.oid, 'UPDATE'))"
+                    " UNION ALL SELECT p.oid::regprocedure::text FROM pg_proc p"
+                    " WHERE p.pronamespace = 'fetch_etl'::regnamespace AND has_function_privilege(%s, p.oid, 'EXECUTE')"
+                    " UNION ALL SELECT 'schema CREATE' WHERE has_schema_privilege(%s, 'fetch_etl', 'CREATE')",
+                    (role,) * 5):
+                out.append(f"  {old} -> update: {role} still holds privileges on {what}")
+    finally:
+        admin(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        admin(f"DROP ROLE IF EXISTS {role}")
+    return out
+
+
 def version_key(v: str):
     return [int(x) for x in re.findall(r"\d+", v)]
 
@@ -193,6 +260,8 @@ def main() -> int:
             shutil.copyfile(path, target)
             try:
                 problems += grants_survive(admin, v)
+                problems += update_is_refused_for_a_schema_it_cannot_trust(admin, v)
+                problems += update_takes_back_what_default_privileges_gave(admin, v)
             finally:
                 target.unlink()
         else:

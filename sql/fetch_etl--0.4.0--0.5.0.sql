@@ -1,0 +1,286 @@
+-- fetch_etl 0.4.0 -> 0.5.0 (ALTER EXTENSION fetch_etl UPDATE)
+--
+-- Install-time trust and hostile senders (docs/security.md):
+-- - Refused, before anything changes, when schema fetch_etl is not the
+--   extension owner's or holds objects that are not the extension's.
+-- - Privileges default privileges added are taken back: on the key, vault,
+--   ledger and the other tables, every privilege but the owner's (nobody is
+--   meant to be granted those); on the functions and the queue_health view,
+--   which DBAs grant on purpose, PUBLIC's and those the owner's ALTER DEFAULT
+--   PRIVILEGES would have given (grants made by hand stay). Each one revoked
+--   is named in a NOTICE.
+-- - Dead letters keep at most fetch_etl.dead_letter_max_body_bytes of a body
+--   (body_bytes, body_truncated), and prune() removes those never replayed
+--   once older than fetch_etl.dead_letter_retention.
+-- - sqs_drain_for passes typed arguments and names its operators; the
+--   queue_health view names its operators and functions: nothing resolves
+--   into a schema by search_path.
+--
+-- Takes a brief ACCESS EXCLUSIVE lock on fetch_etl.dead_letters (the new
+-- columns have a constant default or none: no rewrite).
+
+\echo Use "ALTER EXTENSION fetch_etl UPDATE TO '0.5.0'" to load this file. \quit
+
+-- Install-time trust (0.5.0). CREATE EXTENSION uses an existing schema named
+-- fetch_etl whoever made it, and this script runs as a superuser: a role that
+-- could make that schema first (a database's owner) could leave functions,
+-- operators or tables in it for this script, or later drains, to use with a
+-- superuser's rights. Refuse, before anything is created or changed, unless
+-- the schema belongs to the extension's owner (the installing role) and holds
+-- nothing but the extension's own objects (its members and what depends on
+-- them internally: indexes, row types, constraints, owned sequences).
+DO $trust$
+DECLARE
+    ext record;
+    schema_owner name;
+    strangers text[];
+    saved_path constant text := pg_catalog.current_setting('search_path');
+BEGIN
+    -- Nothing below may resolve into the schema under suspicion. (Restored
+    -- at the end: the rest of the script creates its objects through it.)
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    SELECT e.oid, e.extnamespace AS nsp, e.extowner AS owner INTO STRICT ext
+      FROM pg_catalog.pg_extension AS e WHERE e.extname = 'fetch_etl';
+    SELECT pg_catalog.pg_get_userbyid(n.nspowner) INTO schema_owner
+      FROM pg_catalog.pg_namespace AS n WHERE n.oid = ext.nsp AND n.nspowner <> ext.owner;
+    IF FOUND THEN
+        RAISE EXCEPTION 'schema fetch_etl is owned by role %, not by %, the role installing fetch_etl',
+                        schema_owner, pg_catalog.pg_get_userbyid(ext.owner)
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'fetch_etl runs its scripts and drains with a superuser''s rights, using what is in its schema; another role''s schema could lend it that role''s functions and tables.',
+                  HINT = 'Check what schema fetch_etl holds, drop it (or ALTER SCHEMA fetch_etl OWNER TO the installing role if you trust its contents), then try again.';
+    END IF;
+    WITH RECURSIVE ours(classid, objid) AS (
+        SELECT d.classid, d.objid FROM pg_catalog.pg_depend AS d
+         WHERE d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass
+           AND d.refobjid = ext.oid AND d.deptype = 'e'
+        UNION
+        SELECT d.classid, d.objid FROM pg_catalog.pg_depend AS d
+          JOIN ours AS o ON d.refclassid = o.classid AND d.refobjid = o.objid
+         WHERE d.deptype IN ('a', 'i')
+    ), present(classid, objid) AS (
+        SELECT 'pg_catalog.pg_class'::pg_catalog.regclass, c.oid FROM pg_catalog.pg_class AS c WHERE c.relnamespace = ext.nsp
+        UNION ALL SELECT 'pg_catalog.pg_proc'::pg_catalog.regclass, p.oid FROM pg_catalog.pg_proc AS p WHERE p.pronamespace = ext.nsp
+        UNION ALL SELECT 'pg_catalog.pg_type'::pg_catalog.regclass, t.oid FROM pg_catalog.pg_type AS t WHERE t.typnamespace = ext.nsp
+        UNION ALL SELECT 'pg_catalog.pg_operator'::pg_catalog.regclass, o.oid FROM pg_catalog.pg_operator AS o WHERE o.oprnamespace = ext.nsp
+        UNION ALL SELECT 'pg_catalog.pg_opclass'::pg_catalog.regclass, o.oid FROM pg_catalog.pg_opclass AS o WHERE o.opcnamespace = ext.nsp
+        UNION ALL SELECT 'pg_catalog.pg_opfamily'::pg_catalog.regclass, o.oid FROM pg_catalog.pg_opfamily AS o WHERE o.opfnamespace = ext.nsp
+        UNION ALL SELECT 'pg_catalog.pg_collation'::pg_catalog.regclass, c.oid FROM pg_catalog.pg_collation AS c WHERE c.collnamespace = ext.nsp
+        UNION ALL SELECT 'pg_catalog.pg_conversion'::pg_catalog.regclass, c.oid FROM pg_catalog.pg_conversion AS c WHERE c.connamespace = ext.nsp
+        UNION ALL SELECT 'pg_catalog.pg_constraint'::pg_catalog.regclass, c.oid FROM pg_catalog.pg_constraint AS c WHERE c.connamespace = ext.nsp
+        UNION ALL SELECT 'pg_catalog.pg_statistic_ext'::pg_catalog.regclass, s.oid FROM pg_catalog.pg_statistic_ext AS s WHERE s.stxnamespace = ext.nsp
+        UNION ALL SELECT 'pg_catalog.pg_ts_config'::pg_catalog.regclass, c.oid FROM pg_catalog.pg_ts_config AS c WHERE c.cfgnamespace = ext.nsp
+        UNION ALL SELECT 'pg_catalog.pg_ts_dict'::pg_catalog.regclass, d.oid FROM pg_catalog.pg_ts_dict AS d WHERE d.dictnamespace = ext.nsp
+        UNION ALL SELECT 'pg_catalog.pg_ts_parser'::pg_catalog.regclass, p.oid FROM pg_catalog.pg_ts_parser AS p WHERE p.prsnamespace = ext.nsp
+        UNION ALL SELECT 'pg_catalog.pg_ts_template'::pg_catalog.regclass, t.oid FROM pg_catalog.pg_ts_template AS t WHERE t.tmplnamespace = ext.nsp
+        UNION ALL SELECT 'pg_catalog.pg_extension'::pg_catalog.regclass, e.oid FROM pg_catalog.pg_extension AS e WHERE e.extnamespace = ext.nsp AND e.oid <> ext.oid
+    ), theirs(classid, objid) AS (
+        SELECT p.classid, p.objid FROM present AS p
+         WHERE NOT EXISTS (SELECT FROM ours AS o WHERE o.classid = p.classid AND o.objid = p.objid)
+    )
+    -- (named once: a table's row type, indexes and constraints go with it)
+    SELECT pg_catalog.array_agg(pg_catalog.pg_describe_object(t.classid, t.objid, 0) ORDER BY 1) INTO strangers
+      FROM theirs AS t
+     WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_depend AS d JOIN theirs AS u
+                         ON d.refclassid = u.classid AND d.refobjid = u.objid
+                        WHERE d.classid = t.classid AND d.objid = t.objid AND d.deptype IN ('a', 'i'));
+    IF strangers IS NOT NULL THEN
+        RAISE EXCEPTION 'schema fetch_etl holds objects that are not fetch_etl''s'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'Not fetch_etl''s (' || pg_catalog.cardinality(strangers) || '): '
+                           || pg_catalog.array_to_string(strangers[1:10], '; ')
+                           || CASE WHEN pg_catalog.cardinality(strangers) > 10 THEN '; ...' ELSE '' END || '.',
+                  HINT = 'fetch_etl uses what is in its schema with a superuser''s rights: move or drop those objects first.';
+    END IF;
+    PERFORM pg_catalog.set_config('search_path', saved_path, true);
+END
+$trust$;
+
+ALTER TABLE fetch_etl.dead_letters
+    ADD COLUMN body_bytes integer,
+    ADD COLUMN body_truncated boolean NOT NULL DEFAULT false;
+
+CREATE FUNCTION fetch_etl."dead_letter_retention"() RETURNS interval
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'dead_letter_retention_wrapper';
+COMMENT ON FUNCTION fetch_etl.dead_letter_retention() IS
+    'fetch_etl.dead_letter_retention as prune() applies it (NULL: dead letters are kept).';
+REVOKE ALL ON FUNCTION fetch_etl.dead_letter_retention() FROM PUBLIC;
+
+-- The same signatures: OR REPLACE keeps their owner and grants.
+CREATE OR REPLACE FUNCTION fetch_etl.prune(
+    keep_runs     interval DEFAULT interval '30 days',
+    keep_ledger   interval DEFAULT interval '14 days',
+    keep_replayed interval DEFAULT interval '30 days'
+) RETURNS TABLE (runs bigint, ledger bigint, replayed_dead_letters bigint)
+    LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE SECURITY DEFINER
+    SET search_path = ''
+AS $$
+DECLARE
+    saved_lock_timeout text;
+    retention interval;
+    expired bigint;
+BEGIN
+    -- The floors compare cutoffs, not intervals: interval comparison counts a
+    -- month as 30 days, subtraction does not, so '-1200 mons 36014 days'
+    -- "equals" 14 days yet puts the cutoff 500 days in the future.
+    IF pg_catalog.now() - keep_runs > pg_catalog.now() - interval '1 hour'
+       OR pg_catalog.now() - keep_replayed > pg_catalog.now() - interval '1 hour' THEN
+        RAISE EXCEPTION 'fetch_etl.prune keeps at least 1 hour of run records and replayed dead letters'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- A message whose delete failed comes back until the queue's retention
+    -- (at most 14 days) runs out, and only its ledger entry keeps it from
+    -- loading twice. prune, which operators are granted, never keeps less; a
+    -- superuser who must can DELETE from fetch_etl.processed_messages.
+    IF pg_catalog.now() - keep_ledger > pg_catalog.now() - interval '14 days' THEN
+        RAISE EXCEPTION 'fetch_etl.prune keeps at least 14 days of ledger entries'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'SQS redelivers a message whose delete failed until its MessageRetentionPeriod (at most 14 days) ends; without its ledger entry it would be loaded twice.';
+    END IF;
+    DELETE FROM fetch_etl.drain_runs WHERE started_at < pg_catalog.now() - keep_runs;
+    GET DIAGNOSTICS runs = ROW_COUNT;
+    DELETE FROM fetch_etl.processed_messages WHERE processed_at < pg_catalog.now() - keep_ledger;
+    GET DIAGNOSTICS ledger = ROW_COUNT;
+    DELETE FROM fetch_etl.dead_letters WHERE replayed_at < pg_catalog.now() - keep_replayed;
+    GET DIAGNOSTICS replayed_dead_letters = ROW_COUNT;
+    -- Dead letters never replayed, past the superuser's retention (0.5.0):
+    -- anyone who can send to a queue decides how many there are.
+    retention := fetch_etl.dead_letter_retention();
+    IF retention IS NOT NULL THEN
+        DELETE FROM fetch_etl.dead_letters WHERE replayed_at IS NULL AND dead_at < pg_catalog.now() - retention;
+        GET DIAGNOSTICS expired = ROW_COUNT;
+        IF expired > 0 THEN
+            RAISE NOTICE 'fetch_etl.prune: removed % dead letters never replayed, older than fetch_etl.dead_letter_retention (%)',
+                expired, retention;
+        END IF;
+    END IF;
+    -- Vault pairs a drain left pending move into the vault: one statement, so
+    -- no pair committed meanwhile is deleted without being moved. Waiting at
+    -- most 5 seconds on a session adding one of those masks; if it takes
+    -- longer, they all stay pending until the next prune.
+    saved_lock_timeout := pg_catalog.current_setting('lock_timeout');
+    BEGIN
+        PERFORM pg_catalog.set_config('lock_timeout', '5s', true);
+        WITH moved AS (DELETE FROM fetch_etl.pii_vault_pending RETURNING masked, raw)
+        INSERT INTO fetch_etl.pii_vault (masked, raw)
+            SELECT DISTINCT ON (m.masked) m.masked, m.raw FROM moved AS m ORDER BY m.masked
+            ON CONFLICT (masked) DO NOTHING;
+    EXCEPTION WHEN lock_not_available THEN
+        RAISE NOTICE 'fetch_etl.prune: another session is adding vault entries; the pending ones stay until the next prune';
+    END;
+    PERFORM pg_catalog.set_config('lock_timeout', saved_lock_timeout, true);
+    RETURN NEXT;
+END
+$$;
+COMMENT ON FUNCTION fetch_etl.prune(interval, interval, interval) IS
+    'Housekeeping: delete run records, ledger entries (at least 14 days kept) and replayed dead letters older than the given ages, and dead letters past fetch_etl.dead_letter_retention; move pending vault pairs into the vault.';
+
+CREATE OR REPLACE PROCEDURE fetch_etl.sqs_drain_for(
+    queue_url    text,
+    time_budget  interval DEFAULT interval '55 seconds',
+    wait_seconds integer  DEFAULT 20,
+    target_table text     DEFAULT 'user_logins',
+    max_messages integer  DEFAULT 1000,
+    on_error     text     DEFAULT 'raise'
+)
+    LANGUAGE plpgsql
+AS $$
+DECLARE
+    deadline constant pg_catalog.timestamptz := pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) time_budget;
+    left_s integer;
+    r record;
+BEGIN
+    IF time_budget IS NULL OR time_budget OPERATOR(pg_catalog.<) interval '1 second'
+       OR time_budget OPERATOR(pg_catalog.>) interval '1 day' THEN
+        RAISE EXCEPTION 'time_budget must be between 1 second and 1 day' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF wait_seconds IS NULL OR wait_seconds OPERATOR(pg_catalog.<) 1 OR wait_seconds OPERATOR(pg_catalog.>) 20 THEN
+        RAISE EXCEPTION 'wait_seconds must be between 1 and 20 for sqs_drain_for'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    LOOP
+        left_s := pg_catalog.floor(pg_catalog.date_part('epoch', deadline OPERATOR(pg_catalog.-) pg_catalog.clock_timestamp()))::integer;
+        EXIT WHEN left_s OPERATOR(pg_catalog.<) 1;
+        -- Every argument typed: no overload can be a better match.
+        SELECT * INTO r FROM fetch_etl.sqs_drain(queue_url::pg_catalog.text, max_messages::integer,
+            pg_catalog.int4smaller(wait_seconds, pg_catalog.int4larger(left_s OPERATOR(pg_catalog.-) 1, 0))::integer,
+            target_table::pg_catalog.text, NULL::integer, on_error::pg_catalog.text);
+        COMMIT;
+        EXIT WHEN r.run_id IS NULL;  -- another session is draining this queue
+    END LOOP;
+END
+$$;
+
+CREATE OR REPLACE VIEW fetch_etl.queue_health AS
+SELECT r.queue_url,
+       pg_catalog.max(r.started_at) AS last_run_at,
+       (pg_catalog.array_agg(r.status ORDER BY r.run_id DESC))[1] AS last_status,
+       pg_catalog.max(r.started_at) FILTER (WHERE r.loaded OPERATOR(pg_catalog.>) 0) AS last_load_at,
+       (pg_catalog.array_agg(r.error ORDER BY r.run_id DESC) FILTER (WHERE r.error IS NOT NULL))[1] AS last_error,
+       pg_catalog.max(r.started_at) FILTER (WHERE r.error IS NOT NULL) AS last_error_at,
+       pg_catalog.count(*) FILTER (WHERE r.started_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) interval '1 hour')) AS runs_last_hour,
+       COALESCE(pg_catalog.sum(r.received) FILTER (WHERE r.started_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) interval '1 hour')), 0) AS received_last_hour,
+       COALESCE(pg_catalog.sum(r.loaded) FILTER (WHERE r.started_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) interval '1 hour')), 0) AS loaded_last_hour,
+       COALESCE(pg_catalog.sum(r.rejected) FILTER (WHERE r.started_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) interval '1 day')), 0) AS rejected_last_day,
+       -- while messages were flowing: a run's final empty long poll does not count
+       pg_catalog.round((pg_catalog.sum(r.received) FILTER (WHERE r.started_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) interval '1 hour') AND r.received OPERATOR(pg_catalog.>) 0)
+              OPERATOR(pg_catalog./) NULLIF(pg_catalog.sum(r.active_seconds)
+                       FILTER (WHERE r.started_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) interval '1 hour') AND r.received OPERATOR(pg_catalog.>) 0), 0::double precision))::numeric, 1)
+           AS messages_per_second,
+       (SELECT pg_catalog.count(*) FROM fetch_etl.dead_letters d
+         WHERE d.queue_url OPERATOR(pg_catalog.=) r.queue_url AND d.replayed_at IS NULL) AS dead_letters_pending
+FROM fetch_etl.drain_runs r
+GROUP BY r.queue_url;
+
+-- Privileges whatever default privileges added (see the header).
+DO $privileges$
+DECLARE
+    ext record;
+    r record;
+    saved_path constant text := pg_catalog.current_setting('search_path');
+BEGIN
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    SELECT e.oid, e.extnamespace AS nsp, e.extowner AS owner INTO STRICT ext
+      FROM pg_catalog.pg_extension AS e WHERE e.extname = 'fetch_etl';
+    FOR r IN
+        WITH members(classid, objid) AS (
+            SELECT d.classid, d.objid FROM pg_catalog.pg_depend AS d
+             WHERE d.refclassid = 'pg_catalog.pg_extension'::regclass AND d.refobjid = ext.oid AND d.deptype = 'e'
+        ), objects(kind, name, acl, objtype, granted_by_dbas) AS (
+            SELECT 'SCHEMA', format('%I', n.nspname), coalesce(n.nspacl, acldefault('n', n.nspowner)), 'n'::"char", false
+              FROM pg_namespace AS n WHERE n.oid = ext.nsp
+            UNION ALL
+            SELECT CASE c.relkind WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END,
+                   format('%I.%I', n.nspname, c.relname),
+                   coalesce(c.relacl, acldefault((CASE c.relkind WHEN 'S' THEN 's' ELSE 'r' END)::"char", c.relowner)),
+                   CASE c.relkind WHEN 'S' THEN 'S' ELSE 'r' END::"char",
+                   c.relname = 'queue_health'
+              FROM members AS m JOIN pg_class AS c ON m.classid = 'pg_catalog.pg_class'::regclass AND c.oid = m.objid
+              JOIN pg_namespace AS n ON n.oid = c.relnamespace
+            UNION ALL
+            SELECT 'ROUTINE', format('%I.%I(%s)', n.nspname, p.proname, pg_get_function_identity_arguments(p.oid)),
+                   coalesce(p.proacl, acldefault('f', p.proowner)), 'f'::"char", true
+              FROM members AS m JOIN pg_proc AS p ON m.classid = 'pg_catalog.pg_proc'::regclass AND p.oid = m.objid
+              JOIN pg_namespace AS n ON n.oid = p.pronamespace
+        )
+        SELECT DISTINCT o.kind, o.name,
+               CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE format('%I', pg_get_userbyid(a.grantee)) END AS grantee
+          FROM objects AS o, aclexplode(o.acl) AS a
+         WHERE a.grantee <> ext.owner
+           AND NOT (o.kind = 'SCHEMA' AND a.grantee = 0 AND a.privilege_type = 'USAGE')
+           AND (NOT o.granted_by_dbas
+                OR a.grantee = 0
+                OR EXISTS (SELECT FROM pg_default_acl AS d, aclexplode(d.defaclacl) AS x
+                            WHERE d.defaclrole = ext.owner AND d.defaclnamespace IN (0, ext.nsp)
+                              AND d.defaclobjtype = o.objtype AND x.grantee = a.grantee))
+         ORDER BY 1, 2, 3
+    LOOP
+        RAISE NOTICE 'fetch_etl: revoking every privilege of % on % %', r.grantee, pg_catalog.lower(r.kind), r.name;
+        EXECUTE format('REVOKE ALL ON %s %s FROM %s CASCADE', r.kind, r.name, r.grantee);
+    END LOOP;
+    GRANT USAGE ON SCHEMA fetch_etl TO PUBLIC;
+    PERFORM pg_catalog.set_config('search_path', saved_path, true);
+END
+$privileges$;
