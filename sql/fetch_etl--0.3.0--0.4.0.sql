@@ -30,6 +30,7 @@ DO $trust$
 DECLARE
     ext record;
     schema_owner name;
+    creators text;
     strangers text[];
     saved_path constant text := pg_catalog.current_setting('search_path');
 BEGIN
@@ -45,7 +46,25 @@ BEGIN
                         schema_owner, pg_catalog.pg_get_userbyid(ext.owner)
             USING ERRCODE = 'insufficient_privilege',
                   DETAIL = 'fetch_etl runs its scripts and drains with a superuser''s rights, using what is in its schema; another role''s schema could lend it that role''s functions and tables.',
-                  HINT = 'Check what schema fetch_etl holds, drop it (or ALTER SCHEMA fetch_etl OWNER TO the installing role if you trust its contents), then try again.';
+                  HINT = 'Check what schema fetch_etl holds, drop it (or, if you trust its contents, ALTER SCHEMA fetch_etl OWNER TO the installing role and REVOKE CREATE ON SCHEMA fetch_etl FROM every other role), then try again. Until then run no drain in this database: an older sqs_drain_for calls whatever sqs_drain the schema holds.';
+    END IF;
+    -- A schema that existed before this transaction (a restore's, or one
+    -- other roles could write to) must not let anyone else create in it:
+    -- they could add objects after this check, before this script's
+    -- privileges are taken back. (One CREATE EXTENSION made just now is
+    -- invisible to other sessions until it commits.)
+    SELECT pg_catalog.string_agg(CASE a.grantee WHEN 0 THEN 'PUBLIC'
+                                 ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(a.grantee)) END, ', ')
+      INTO creators
+      FROM pg_catalog.pg_namespace AS n, pg_catalog.aclexplode(n.nspacl) AS a
+     WHERE n.oid = ext.nsp AND a.privilege_type = 'CREATE' AND a.grantee <> ext.owner
+       AND pg_catalog.age(n.xmin) > 0;
+    IF creators IS NOT NULL THEN
+        RAISE EXCEPTION 'roles other than % may create objects in schema fetch_etl: %',
+                        pg_catalog.pg_get_userbyid(ext.owner), creators
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'An object they add to the schema would be used with a superuser''s rights.',
+                  HINT = 'REVOKE CREATE ON SCHEMA fetch_etl FROM ' || creators || '; then try again.';
     END IF;
     WITH RECURSIVE ours(classid, objid) AS (
         SELECT d.classid, d.objid FROM pg_catalog.pg_depend AS d

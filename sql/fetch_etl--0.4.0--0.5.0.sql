@@ -33,6 +33,7 @@ DO $trust$
 DECLARE
     ext record;
     schema_owner name;
+    creators text;
     strangers text[];
     saved_path constant text := pg_catalog.current_setting('search_path');
 BEGIN
@@ -48,7 +49,25 @@ BEGIN
                         schema_owner, pg_catalog.pg_get_userbyid(ext.owner)
             USING ERRCODE = 'insufficient_privilege',
                   DETAIL = 'fetch_etl runs its scripts and drains with a superuser''s rights, using what is in its schema; another role''s schema could lend it that role''s functions and tables.',
-                  HINT = 'Check what schema fetch_etl holds, drop it (or ALTER SCHEMA fetch_etl OWNER TO the installing role if you trust its contents), then try again.';
+                  HINT = 'Check what schema fetch_etl holds, drop it (or, if you trust its contents, ALTER SCHEMA fetch_etl OWNER TO the installing role and REVOKE CREATE ON SCHEMA fetch_etl FROM every other role), then try again. Until then run no drain in this database: an older sqs_drain_for calls whatever sqs_drain the schema holds.';
+    END IF;
+    -- A schema that existed before this transaction (a restore's, or one
+    -- other roles could write to) must not let anyone else create in it:
+    -- they could add objects after this check, before this script's
+    -- privileges are taken back. (One CREATE EXTENSION made just now is
+    -- invisible to other sessions until it commits.)
+    SELECT pg_catalog.string_agg(CASE a.grantee WHEN 0 THEN 'PUBLIC'
+                                 ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(a.grantee)) END, ', ')
+      INTO creators
+      FROM pg_catalog.pg_namespace AS n, pg_catalog.aclexplode(n.nspacl) AS a
+     WHERE n.oid = ext.nsp AND a.privilege_type = 'CREATE' AND a.grantee <> ext.owner
+       AND pg_catalog.age(n.xmin) > 0;
+    IF creators IS NOT NULL THEN
+        RAISE EXCEPTION 'roles other than % may create objects in schema fetch_etl: %',
+                        pg_catalog.pg_get_userbyid(ext.owner), creators
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'An object they add to the schema would be used with a superuser''s rights.',
+                  HINT = 'REVOKE CREATE ON SCHEMA fetch_etl FROM ' || creators || '; then try again.';
     END IF;
     WITH RECURSIVE ours(classid, objid) AS (
         SELECT d.classid, d.objid FROM pg_catalog.pg_depend AS d
@@ -248,39 +267,61 @@ BEGIN
         WITH members(classid, objid) AS (
             SELECT d.classid, d.objid FROM pg_catalog.pg_depend AS d
              WHERE d.refclassid = 'pg_catalog.pg_extension'::regclass AND d.refobjid = ext.oid AND d.deptype = 'e'
-        ), objects(kind, name, acl, objtype, granted_by_dbas) AS (
-            SELECT 'SCHEMA', format('%I', n.nspname), coalesce(n.nspacl, acldefault('n', n.nspowner)), 'n'::"char", false
+        ), objects(kind, object, col, acl, owner, objtype, granted_by_dbas) AS (
+            SELECT 'SCHEMA', format('%I', n.nspname), NULL::name, coalesce(n.nspacl, acldefault('n', n.nspowner)),
+                   n.nspowner, 'n'::"char", false
               FROM pg_namespace AS n WHERE n.oid = ext.nsp
             UNION ALL
-            SELECT CASE c.relkind WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END,
-                   format('%I.%I', n.nspname, c.relname),
+            SELECT CASE c.relkind WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END, format('%I.%I', n.nspname, c.relname), NULL,
                    coalesce(c.relacl, acldefault((CASE c.relkind WHEN 'S' THEN 's' ELSE 'r' END)::"char", c.relowner)),
-                   CASE c.relkind WHEN 'S' THEN 'S' ELSE 'r' END::"char",
-                   c.relname = 'queue_health'
+                   c.relowner, CASE c.relkind WHEN 'S' THEN 'S' ELSE 'r' END::"char", c.relname = 'queue_health'
               FROM members AS m JOIN pg_class AS c ON m.classid = 'pg_catalog.pg_class'::regclass AND c.oid = m.objid
               JOIN pg_namespace AS n ON n.oid = c.relnamespace
             UNION ALL
-            SELECT 'ROUTINE', format('%I.%I(%s)', n.nspname, p.proname, pg_get_function_identity_arguments(p.oid)),
-                   coalesce(p.proacl, acldefault('f', p.proowner)), 'f'::"char", true
+            SELECT 'TABLE', format('%I.%I', n.nspname, c.relname), a.attname, a.attacl, c.relowner, 'r'::"char", false
+              FROM members AS m JOIN pg_class AS c ON m.classid = 'pg_catalog.pg_class'::regclass AND c.oid = m.objid
+              JOIN pg_namespace AS n ON n.oid = c.relnamespace
+              JOIN pg_attribute AS a ON a.attrelid = c.oid AND a.attnum > 0 AND a.attacl IS NOT NULL
+            UNION ALL
+            SELECT 'ROUTINE', format('%I.%I(%s)', n.nspname, p.proname, pg_get_function_identity_arguments(p.oid)), NULL,
+                   coalesce(p.proacl, acldefault('f', p.proowner)), p.proowner, 'f'::"char", true
               FROM members AS m JOIN pg_proc AS p ON m.classid = 'pg_catalog.pg_proc'::regclass AND p.oid = m.objid
               JOIN pg_namespace AS n ON n.oid = p.pronamespace
         )
-        SELECT DISTINCT o.kind, o.name,
+        SELECT DISTINCT o.kind, o.object, o.col,
                CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE format('%I', pg_get_userbyid(a.grantee)) END AS grantee
           FROM objects AS o, aclexplode(o.acl) AS a
-         WHERE a.grantee <> ext.owner
+         WHERE a.grantee <> o.owner
            AND NOT (o.kind = 'SCHEMA' AND a.grantee = 0 AND a.privilege_type = 'USAGE')
            AND (NOT o.granted_by_dbas
                 OR a.grantee = 0
                 OR EXISTS (SELECT FROM pg_default_acl AS d, aclexplode(d.defaclacl) AS x
-                            WHERE d.defaclrole = ext.owner AND d.defaclnamespace IN (0, ext.nsp)
+                            WHERE d.defaclrole = o.owner AND d.defaclnamespace IN (0, ext.nsp)
                               AND d.defaclobjtype = o.objtype AND x.grantee = a.grantee))
-         ORDER BY 1, 2, 3
+         ORDER BY 1, 2, 3, 4
     LOOP
-        RAISE NOTICE 'fetch_etl: revoking every privilege of % on % %', r.grantee, pg_catalog.lower(r.kind), r.name;
-        EXECUTE format('REVOKE ALL ON %s %s FROM %s CASCADE', r.kind, r.name, r.grantee);
+        IF r.col IS NULL THEN
+            RAISE NOTICE 'fetch_etl: revoking every privilege of % on % %', r.grantee, pg_catalog.lower(r.kind), r.object;
+            EXECUTE format('REVOKE ALL ON %s %s FROM %s CASCADE', r.kind, r.object, r.grantee);
+        ELSE
+            RAISE NOTICE 'fetch_etl: revoking every privilege of % on column % of %', r.grantee, r.col, r.object;
+            EXECUTE format('REVOKE ALL (%I) ON TABLE %s FROM %s CASCADE', r.col, r.object, r.grantee);
+        END IF;
     END LOOP;
     GRANT USAGE ON SCHEMA fetch_etl TO PUBLIC;
+    -- What stays on the functions that reveal PII is said, not guessed at:
+    -- grants made by hand look the same as ones default privileges made and
+    -- were later removed.
+    FOR r IN
+        SELECT p.oid::regprocedure AS fn,
+               string_agg(DISTINCT CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee)::text END, ', ') AS who
+          FROM pg_proc AS p, aclexplode(p.proacl) AS a
+         WHERE p.pronamespace = ext.nsp AND p.proname IN ('unmask', 'mask_and_vault', 'replay_dead_letters')
+           AND a.grantee <> p.proowner
+         GROUP BY 1
+    LOOP
+        RAISE WARNING 'fetch_etl: % may still be executed by %: check that each was granted on purpose', r.fn, r.who;
+    END LOOP;
     PERFORM pg_catalog.set_config('search_path', saved_path, true);
 END
 $privileges$;

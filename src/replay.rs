@@ -84,7 +84,9 @@ struct Filter<'a> {
     queue_url: Option<&'a str>,
     reason_code: Option<&'a str>,
     /// Dead letters of other target tables too, but only those produced by a
-    /// role the caller is a member of (a superuser: all of them).
+    /// role the caller is a member of (a superuser: all of them). A producer
+    /// role since dropped matches nobody (its name is looked up, not passed
+    /// to pg_has_role, which would raise for it).
     any_target: bool,
     /// The replay's own target table.
     target: &'a str,
@@ -116,7 +118,9 @@ fn lock_page(owner: pg_sys::Oid, f: &Filter<'_>, limit: i64) -> Vec<(i64, usize)
            AND ($1::pg_catalog.text IS NULL OR queue_url OPERATOR(pg_catalog.=) $1) \
            AND ($2::pg_catalog.text IS NULL OR reason_code OPERATOR(pg_catalog.=) $2) \
            AND (target_table OPERATOR(pg_catalog.=) $5 \
-                OR ($4 AND ($7 OR pg_catalog.pg_has_role($6::pg_catalog.oid, run_role, 'MEMBER')))) \
+                OR ($4 AND ($7 OR EXISTS (SELECT FROM pg_catalog.pg_roles r \
+                                          WHERE r.rolname OPERATOR(pg_catalog.=) run_role \
+                                            AND pg_catalog.pg_has_role($6::pg_catalog.oid, r.oid, 'MEMBER'))))) \
          ORDER BY last_replay_at NULLS FIRST, dead_letter_id \
          LIMIT $3 FOR UPDATE SKIP LOCKED"
     );

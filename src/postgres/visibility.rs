@@ -62,7 +62,7 @@ impl Holds {
 
     /// Stops holding messages left in the queue for a later drain.
     pub(crate) fn forget(&self, message_ids: &HashSet<String>) {
-        self.thread.forget(message_ids);
+        self.thread.forget(&self.queue, message_ids);
     }
 
     /// The registry is full (`budget::MAX_HELD_BYTES`): stop receiving.

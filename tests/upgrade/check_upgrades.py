@@ -177,6 +177,15 @@ def update_takes_back_what_default_privileges_gave(admin, old: str) -> list[str]
             leaked = c.execute("SELECT has_table_privilege(%s, 'fetch_etl.mask_keys', 'SELECT')", (role,)).fetchone()[0]
             if not leaked:
                 out.append(f"  {old}: the control did not leak (default privileges did not apply?)")
+            # CREATE on the schema (from the defaults for schemas) is refused, not taken back: the
+            # role could add objects before the update commits. The DBA revokes it, then updates.
+            try:
+                c.execute("ALTER EXTENSION fetch_etl UPDATE")
+                out.append(f"  {old}: the update went ahead while {role} could create in the schema")
+            except psycopg.errors.InsufficientPrivilege as e:
+                if f"REVOKE CREATE ON SCHEMA fetch_etl FROM {role}" not in (e.diag.message_hint or ""):
+                    out.append(f"  {old}: the refusal's hint does not say what to revoke: {e.diag.message_hint}")
+            c.execute(f"REVOKE CREATE ON SCHEMA fetch_etl FROM {role}")
             c.execute("ALTER EXTENSION fetch_etl UPDATE")
             for (what,) in c.execute(
                     "SELECT c.relname FROM pg_class c WHERE c.relnamespace = 'fetch_etl'::regnamespace"

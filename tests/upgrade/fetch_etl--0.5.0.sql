@@ -24,6 +24,7 @@ DO $trust$
 DECLARE
     ext record;
     schema_owner name;
+    creators text;
     strangers text[];
     saved_path constant text := pg_catalog.current_setting('search_path');
 BEGIN
@@ -39,7 +40,25 @@ BEGIN
                         schema_owner, pg_catalog.pg_get_userbyid(ext.owner)
             USING ERRCODE = 'insufficient_privilege',
                   DETAIL = 'fetch_etl runs its scripts and drains with a superuser''s rights, using what is in its schema; another role''s schema could lend it that role''s functions and tables.',
-                  HINT = 'Check what schema fetch_etl holds, drop it (or ALTER SCHEMA fetch_etl OWNER TO the installing role if you trust its contents), then try again.';
+                  HINT = 'Check what schema fetch_etl holds, drop it (or, if you trust its contents, ALTER SCHEMA fetch_etl OWNER TO the installing role and REVOKE CREATE ON SCHEMA fetch_etl FROM every other role), then try again. Until then run no drain in this database: an older sqs_drain_for calls whatever sqs_drain the schema holds.';
+    END IF;
+    -- A schema that existed before this transaction (a restore's, or one
+    -- other roles could write to) must not let anyone else create in it:
+    -- they could add objects after this check, before this script's
+    -- privileges are taken back. (One CREATE EXTENSION made just now is
+    -- invisible to other sessions until it commits.)
+    SELECT pg_catalog.string_agg(CASE a.grantee WHEN 0 THEN 'PUBLIC'
+                                 ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(a.grantee)) END, ', ')
+      INTO creators
+      FROM pg_catalog.pg_namespace AS n, pg_catalog.aclexplode(n.nspacl) AS a
+     WHERE n.oid = ext.nsp AND a.privilege_type = 'CREATE' AND a.grantee <> ext.owner
+       AND pg_catalog.age(n.xmin) > 0;
+    IF creators IS NOT NULL THEN
+        RAISE EXCEPTION 'roles other than % may create objects in schema fetch_etl: %',
+                        pg_catalog.pg_get_userbyid(ext.owner), creators
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'An object they add to the schema would be used with a superuser''s rights.',
+                  HINT = 'REVOKE CREATE ON SCHEMA fetch_etl FROM ' || creators || '; then try again.';
     END IF;
     WITH RECURSIVE ours(classid, objid) AS (
         SELECT d.classid, d.objid FROM pg_catalog.pg_depend AS d
@@ -565,8 +584,9 @@ SELECT fetch_etl.rotate_mask_key();
 -- PostgreSQL applies the installing role's ALTER DEFAULT PRIVILEGES to every
 -- object this script creates, the schema included: they could hand the key,
 -- the vault or unmask() to another role. Every privilege on the extension's
--- objects but the owner's own is revoked; then PUBLIC gets USAGE on the
--- schema, the only grant fetch_etl makes (docs/security.md, "Privileges").
+-- objects (their columns too) but each one's owner's is revoked; then PUBLIC
+-- gets USAGE on the schema, the only grant fetch_etl makes
+-- (docs/security.md, "Privileges").
 DO $privileges$
 DECLARE
     ext record;
@@ -580,28 +600,37 @@ BEGIN
         WITH members(classid, objid) AS (
             SELECT d.classid, d.objid FROM pg_catalog.pg_depend AS d
              WHERE d.refclassid = 'pg_catalog.pg_extension'::regclass AND d.refobjid = ext.oid AND d.deptype = 'e'
-        ), objects(kind, name, acl) AS (
-            SELECT 'SCHEMA', format('%I', n.nspname), coalesce(n.nspacl, acldefault('n', n.nspowner))
+        ), objects(kind, object, col, acl, owner) AS (
+            SELECT 'SCHEMA', format('%I', n.nspname), NULL::name, coalesce(n.nspacl, acldefault('n', n.nspowner)), n.nspowner
               FROM pg_namespace AS n WHERE n.oid = ext.nsp
             UNION ALL
-            SELECT CASE c.relkind WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END,
-                   format('%I.%I', n.nspname, c.relname),
-                   coalesce(c.relacl, acldefault((CASE c.relkind WHEN 'S' THEN 's' ELSE 'r' END)::"char", c.relowner))
+            SELECT CASE c.relkind WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END, format('%I.%I', n.nspname, c.relname), NULL,
+                   coalesce(c.relacl, acldefault((CASE c.relkind WHEN 'S' THEN 's' ELSE 'r' END)::"char", c.relowner)),
+                   c.relowner
               FROM members AS m JOIN pg_class AS c ON m.classid = 'pg_catalog.pg_class'::regclass AND c.oid = m.objid
               JOIN pg_namespace AS n ON n.oid = c.relnamespace
             UNION ALL
-            SELECT 'ROUTINE', format('%I.%I(%s)', n.nspname, p.proname, pg_get_function_identity_arguments(p.oid)),
-                   coalesce(p.proacl, acldefault('f', p.proowner))
+            SELECT 'TABLE', format('%I.%I', n.nspname, c.relname), a.attname, a.attacl, c.relowner
+              FROM members AS m JOIN pg_class AS c ON m.classid = 'pg_catalog.pg_class'::regclass AND c.oid = m.objid
+              JOIN pg_namespace AS n ON n.oid = c.relnamespace
+              JOIN pg_attribute AS a ON a.attrelid = c.oid AND a.attnum > 0 AND a.attacl IS NOT NULL
+            UNION ALL
+            SELECT 'ROUTINE', format('%I.%I(%s)', n.nspname, p.proname, pg_get_function_identity_arguments(p.oid)), NULL,
+                   coalesce(p.proacl, acldefault('f', p.proowner)), p.proowner
               FROM members AS m JOIN pg_proc AS p ON m.classid = 'pg_catalog.pg_proc'::regclass AND p.oid = m.objid
               JOIN pg_namespace AS n ON n.oid = p.pronamespace
         )
-        SELECT DISTINCT o.kind, o.name,
+        SELECT DISTINCT o.kind, o.object, o.col,
                CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE format('%I', pg_get_userbyid(a.grantee)) END AS grantee
           FROM objects AS o, aclexplode(o.acl) AS a
-         WHERE a.grantee <> ext.owner
-         ORDER BY 1, 2, 3
+         WHERE a.grantee <> o.owner
+         ORDER BY 1, 2, 3, 4
     LOOP
-        EXECUTE format('REVOKE ALL ON %s %s FROM %s CASCADE', r.kind, r.name, r.grantee);
+        IF r.col IS NULL THEN
+            EXECUTE format('REVOKE ALL ON %s %s FROM %s CASCADE', r.kind, r.object, r.grantee);
+        ELSE
+            EXECUTE format('REVOKE ALL (%I) ON TABLE %s FROM %s CASCADE', r.col, r.object, r.grantee);
+        END IF;
     END LOOP;
     GRANT USAGE ON SCHEMA fetch_etl TO PUBLIC;
     PERFORM pg_catalog.set_config('search_path', saved_path, true);

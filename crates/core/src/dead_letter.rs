@@ -25,16 +25,26 @@ pub struct StoredBody<'a> {
 /// NUL replaced (PostgreSQL text cannot hold it; SQS bodies cannot contain
 /// it either, but one must never break a batch).
 pub fn stored_body(body: &str, max_bytes: usize) -> StoredBody<'_> {
-    let kept = &body[..floor_char_boundary(body, max_bytes)];
-    let text = if kept.contains('\0') {
-        Cow::Owned(kept.replace('\0', "\u{FFFD}"))
+    // Replaced first, then cut: a NUL (1 byte) becomes U+FFFD (3 bytes), and
+    // what is kept must stay within the cap.
+    let whole: Cow<'_, str> = if body.contains('\0') {
+        Cow::Owned(body.replace('\0', "\u{FFFD}"))
     } else {
-        Cow::Borrowed(kept)
+        Cow::Borrowed(body)
+    };
+    let cut = floor_char_boundary(&whole, max_bytes);
+    let truncated = cut < whole.len();
+    let text = match whole {
+        Cow::Borrowed(b) => Cow::Borrowed(&b[..cut]),
+        Cow::Owned(mut o) => {
+            o.truncate(cut);
+            Cow::Owned(o)
+        }
     };
     StoredBody {
         text,
         bytes: body.len(),
-        truncated: kept.len() < body.len(),
+        truncated,
     }
 }
 
@@ -84,5 +94,16 @@ mod tests {
         assert_eq!(b.text, "a\u{FFFD}b");
         assert!(!b.truncated);
         assert_eq!(b.bytes, 3);
+    }
+
+    /// Threat: a body of NULs (1 byte each, 3 once replaced) stored at three
+    /// times the cap.
+    #[test]
+    fn disk_a_body_of_nuls_is_kept_within_the_cap() {
+        let nuls = "\0".repeat(3000);
+        let b = stored_body(&nuls, 1024);
+        assert!(b.text.len() <= 1024, "{}", b.text.len());
+        assert!(b.truncated);
+        assert_eq!(b.bytes, 3000);
     }
 }

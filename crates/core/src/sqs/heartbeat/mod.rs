@@ -61,6 +61,10 @@ use super::transport::Transport;
 use super::{Client, Message, SqsError};
 use registry::{State, HOLD_OVERHEAD};
 
+/// What a queue URL may cost a hold (its copy in the registry's index);
+/// longer URLs are rare (a queue name is at most 80 characters).
+const MAX_QUEUE_URL_BYTES: usize = 512;
+
 /// How one drain's holds behave, from the settings when it ran.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HoldRules {
@@ -276,12 +280,13 @@ impl<T: Transport + Clone + 'static> Heartbeat<T> {
         }
     }
 
-    /// Stops holding the messages with these ids (left for a later drain).
-    pub fn forget(&self, message_ids: &HashSet<String>) {
+    /// Stops holding the messages of `queue` with these ids (left for a
+    /// later drain).
+    pub fn forget(&self, queue: &Arc<HeldQueue<T>>, message_ids: &HashSet<String>) {
         if message_ids.is_empty() {
             return;
         }
-        self.shared.lock().forget(message_ids.iter());
+        self.shared.lock().forget(queue, message_ids.iter());
     }
 
     /// Ends the holds made in subtransaction `from_scope` or later (None:
@@ -317,6 +322,7 @@ impl<T: Transport + Clone + 'static> Heartbeat<T> {
             + HOLD_OVERHEAD
             + crate::budget::MAX_RECEIPT_HANDLE_BYTES
             + 2 * crate::budget::MAX_MESSAGE_ID_BYTES
+            + MAX_QUEUE_URL_BYTES
             > MAX_HELD_BYTES
     }
 

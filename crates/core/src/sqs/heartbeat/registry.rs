@@ -25,6 +25,8 @@ pub const MAX_HELD_BYTES: usize = crate::budget::MAX_HELD_BYTES;
 pub(super) struct Hold<T> {
     pub(super) queue: Arc<HeldQueue<T>>,
     pub(super) message_id: String,
+    /// The length of its queue's URL (a copy of which keys the index).
+    url_len: usize,
     /// The newest receipt handle this backend got for the message: SQS
     /// honours only the newest one.
     pub(super) handle: String,
@@ -39,9 +41,13 @@ pub(super) struct Hold<T> {
     pub(super) stopped: bool,
 }
 
-impl<T> Hold<T> {
+impl<T: Transport> Hold<T> {
+    fn queue_url(&self) -> &str {
+        &self.queue.client.queue().queue_url
+    }
+
     fn bytes(&self) -> usize {
-        self.handle.len() + 2 * self.message_id.len() + HOLD_OVERHEAD
+        self.handle.len() + 2 * self.message_id.len() + self.url_len + HOLD_OVERHEAD
     }
 }
 
@@ -58,8 +64,9 @@ pub(super) struct Lookup {
 
 pub(super) struct State<T> {
     pub(super) holds: BTreeMap<u64, Hold<T>>,
-    /// The hold of each message id.
-    by_message: HashMap<String, u64>,
+    /// The hold of each (queue URL, message id): the same id from two
+    /// queues (two spellings of one, or a hostile endpoint) is two messages.
+    by_message: HashMap<(String, String), u64>,
     next_id: u64,
     pub(super) held_bytes: usize,
     /// The highest subtransaction id of any hold (a rolled-back savepoint
@@ -95,12 +102,13 @@ impl<T> Default for State<T> {
     }
 }
 
-impl<T> State<T> {
+impl<T: Transport> State<T> {
     fn remove(&mut self, id: u64) -> Option<Hold<T>> {
         let h = self.holds.remove(&id)?;
         self.held_bytes -= h.bytes();
-        if self.by_message.get(&h.message_id) == Some(&id) {
-            self.by_message.remove(&h.message_id);
+        let key = (h.queue_url().to_string(), h.message_id.clone());
+        if self.by_message.get(&key) == Some(&id) {
+            self.by_message.remove(&key);
         }
         Some(h)
     }
@@ -121,13 +129,10 @@ impl<T: Transport> State<T> {
         scope: u32,
     ) -> Instant {
         let visible_at = queue.timeout.map(|t| later(hidden_since, t));
+        let url = queue.client.queue().queue_url.clone();
         for m in msgs {
-            let existing = self.by_message.get(&m.message_id).copied();
-            if let Some(id) = existing.filter(|id| {
-                self.holds.get(id).is_some_and(|h| {
-                    h.queue.client.queue().queue_url == queue.client.queue().queue_url
-                })
-            }) {
+            let key = (url.clone(), m.message_id.clone());
+            if let Some(id) = self.by_message.get(&key).copied() {
                 let before = self.holds[&id].bytes();
                 let h = self.holds.get_mut(&id).expect("indexed hold");
                 h.handle.clone_from(&m.receipt_handle);
@@ -145,6 +150,7 @@ impl<T: Transport> State<T> {
             let hold = Hold {
                 queue: queue.clone(),
                 message_id: m.message_id.clone(),
+                url_len: url.len(),
                 handle: m.receipt_handle.clone(),
                 hidden_since,
                 visible_at,
@@ -161,9 +167,7 @@ impl<T: Transport> State<T> {
             self.max_scope = self.max_scope.max(scope);
             let id = self.next_id;
             self.next_id += 1;
-            if existing.is_none() {
-                self.by_message.insert(m.message_id.clone(), id);
-            }
+            self.by_message.insert(key, id);
             self.holds.insert(id, hold);
         }
         match queue.timeout {
@@ -173,11 +177,17 @@ impl<T: Transport> State<T> {
     }
 }
 
-impl<T> State<T> {
-    /// Stops holding the messages with these ids (left for a later drain).
-    pub(super) fn forget<'a>(&mut self, message_ids: impl Iterator<Item = &'a String>) {
+impl<T: Transport> State<T> {
+    /// Stops holding the messages of `queue` with these ids (left for a
+    /// later drain).
+    pub(super) fn forget<'a>(
+        &mut self,
+        queue: &HeldQueue<T>,
+        message_ids: impl Iterator<Item = &'a String>,
+    ) {
+        let url = queue.client.queue().queue_url.clone();
         for m in message_ids {
-            if let Some(id) = self.by_message.get(m).copied() {
+            if let Some(id) = self.by_message.get(&(url.clone(), m.clone())).copied() {
                 self.remove(id);
             }
         }
@@ -585,12 +595,41 @@ mod tests {
         assert_eq!(st.holds[&1].visible_at, Some(t0 + secs(61)));
         assert_eq!(st.stats.extended, 0);
         // forgetting the message ends its one hold
-        st.forget([again.message_id].iter());
+        st.forget(&q, [again.message_id].iter());
         assert_eq!(st.holds.len(), 2);
         assert_eq!(st.held_bytes, bytes - st_hold_bytes("m1", "h1"));
     }
 
+    /// Threat: the same message id from two queues (two spellings of one,
+    /// or a hostile endpoint) shared one index entry, so forgetting it on
+    /// one queue ended the other's hold.
+    #[test]
+    fn one_id_in_two_queues_is_two_holds() {
+        let fake = Fake::default();
+        let t0 = Instant::now();
+        let q = queue(&fake, Some(30));
+        let other_client = crate::sqs::Client::new(
+            fake.clone(),
+            crate::sqs::ClientConfig::default(),
+            Arc::new(super::super::testing::creds()),
+            "us-east-1".into(),
+            crate::sqs::QueueRef::parse("http://127.0.0.1:9/000000000000/other", None).unwrap(),
+            None,
+        );
+        let other = Arc::new(HeldQueue::new(other_client, Some(30), RULES));
+        let mut st = State::<Fake>::default();
+        st.hold(&q, &messages(1), t0, 1);
+        st.hold(&other, &messages(1), t0, 1);
+        assert_eq!((st.holds.len(), st.stats.held_again), (2, 0));
+        st.forget(&q, ["m0".to_string()].iter());
+        assert_eq!(st.holds.len(), 1);
+        assert!(Arc::ptr_eq(
+            &st.holds.values().next().unwrap().queue,
+            &other
+        ));
+    }
+
     fn st_hold_bytes(id: &str, handle: &str) -> usize {
-        handle.len() + 2 * id.len() + HOLD_OVERHEAD
+        handle.len() + 2 * id.len() + "http://127.0.0.1:9/000000000000/q".len() + HOLD_OVERHEAD
     }
 }

@@ -328,7 +328,7 @@ mod tests {
         let hb = started(&fake);
         let q = hb.queue(&client(&fake), creds(), Some(30), RULES);
         hb.hold(&q, &messages(3), Instant::now(), 1);
-        hb.forget(&HashSet::from(["m1".to_string()]));
+        hb.forget(&q, &HashSet::from(["m1".to_string()]));
         assert_eq!(hb.held(), 2);
     }
 
@@ -347,7 +347,7 @@ mod tests {
         for chunk in big.chunks(10) {
             hb.hold(&q, chunk, Instant::now(), 1);
         }
-        let per_hold = 1005 + 12 + super::super::registry::HOLD_OVERHEAD;
+        let per_hold = 1005 + 12 + 33 + super::super::registry::HOLD_OVERHEAD;
         let held = hb.held();
         assert!(
             held <= MAX_HELD_BYTES / 1000 && held >= MAX_HELD_BYTES / per_hold - 1,
