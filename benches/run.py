@@ -555,16 +555,16 @@ class Bench:
     # Where a drain's backend CPU goes: perf samples of one drain, each
     # counted once, in the first phase (in this order) found on its stack.
     PHASES = [
-        ("store: vault writes", ["Store::flush_vault"]),
-        ("store: ledger", ["Store::record_ids", "Store::forget_ids"]),
-        ("store: target insert", ["Store::insert_rows"]),
-        ("store: dead letters", ["Store::insert_dead_letters"]),
-        ("store: validate, mask, build the rows", ["fetch_etl_core::batch::build"]),
+        ("store: vault writes", ["Vault::flush"]),
+        ("store: ledger", ["Ledger::record", "Ledger::forget", "Ledger::own"]),
+        ("store: target insert", ["TargetStatement::insert"]),
+        ("store: dead letters", ["DeadLetters::insert"]),
+        ("store: validate, mask, build the rows", ["fetch_etl_core::batch::prepare"]),
         ("SQS: SigV4 signing", ["sqs::signer::sign_headers"]),
         ("SQS: deletes after COMMIT (HTTP, JSON)", ["deletes::delete_now"]),
         ("SQS: receives (HTTP, JSON, receipt handles)", ["Client<T>::receive", "wire::parse_receive", "sqs::pump::"]),
         ("visibility heartbeat", ["sqs::heartbeat::", "postgres::visibility::"]),
-        ("store: the rest (SPI, duplicates, batching)", ["drain::store_messages", "drain::store_batch"]),
+        ("store: the rest (SPI, duplicates, batching)", ["Store::store", "drain::store_batch"]),
         ("drain: the rest (receive loop, runtime)", ["drain::receive_loop", "tokio::runtime"]),
     ]
     ALLOCATOR = ("malloc", "_int_free", "cfree", "realloc", "malloc_consolidate", "unlink_chunk", "sysmalloc")

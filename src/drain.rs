@@ -1,13 +1,16 @@
 //! `fetch_etl.sqs_drain`: receive login events from SQS, store them, and have
 //! the messages deleted once the transaction commits.
 //!
-//! Per batch of received messages, in the caller's transaction:
-//! 1. the ledger (`fetch_etl.processed_messages`) takes every new message id;
-//!    ids already there (earlier runs, concurrent drains, redeliveries) are
+//! Per batch of received messages, in the caller's transaction (`store/`):
+//! 1. each message is opened, routed and made into its pipeline's rows (or
+//!    refused), and gets its ledger key (its id, or its pipeline's
+//!    idempotency key);
+//! 2. the ledger (`fetch_etl.processed_messages`) takes every new key; keys
+//!    already there (earlier runs, concurrent drains, redeliveries) are
 //!    duplicates and are only deleted;
-//! 2. new messages are validated, masked and stored (`store.rs`); refused ones
+//! 3. new messages' rows are inserted, their raw PII vaulted; refused ones
 //!    become dead letters;
-//! 3. every receipt handle is queued for deletion after COMMIT (`deletes.rs`).
+//! 4. every receipt handle is queued for deletion after COMMIT (`deletes.rs`).
 //!
 //! From receipt to the end of the transaction, the visibility heartbeat
 //! (`visibility.rs`) keeps the messages hidden from other consumers, and on a
@@ -17,7 +20,6 @@
 //! locked as the owner until commit (`postgres/locks.rs`); a drain that
 //! finds it taken returns at once.
 
-use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
@@ -26,19 +28,18 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use tokio::sync::mpsc;
 
-use fetch_etl_core::batch;
 use fetch_etl_core::budget::{MAX_PENDING_DELETE_BYTES, PUMP_HIGH_WATER, STORE_FLUSH_BYTES};
 use fetch_etl_core::contract::OnError;
 use fetch_etl_core::error::{Classified, ErrorKind};
-use fetch_etl_core::sqs::pump::{pump, Held, OnReceive, Outstanding, PumpConfig, PumpEvent};
-use fetch_etl_core::sqs::queue_url::for_message;
-use fetch_etl_core::sqs::{Client, Message, QueueRef, SqsError};
+use fetch_etl_sqs::pump::{pump, Held, OnReceive, Outstanding, PumpConfig, PumpEvent};
+use fetch_etl_sqs::queue_url::for_message;
+use fetch_etl_sqs::{Client, Message, QueueRef, SqsError};
 
 use crate::postgres::error::{raise, OrRaise};
 use crate::postgres::runs::{self, Counts, Finished, RunRequest};
 use crate::postgres::spi::{extension_owner, in_subxact};
 use crate::postgres::store::Store;
-use crate::postgres::{aws, deletes, locks, runtime, settings, visibility};
+use crate::postgres::{aws, deletes, locks, pipelines, runtime, settings, visibility};
 
 /// What a call returns; `run_id` is None when the call was skipped.
 #[derive(Debug, Default, Clone, Copy)]
@@ -108,9 +109,11 @@ pub(crate) fn drain(args: Args<'_>) -> Summary {
 fn run(args: &Args<'_>, owner: pg_sys::Oid, queue: QueueRef) -> Summary {
     let started = Instant::now();
     check_encoding();
-    let store = Store::open(args.target_table, settings::max_body_bytes(), owner);
-    let (client, credentials) = aws::client(queue, store.metadata().attributes);
-    let run_id = runs::start(owner, &args.request(store.target_name()), &credentials);
+    let loaded = pipelines::login_into(args.target_table);
+    let store = Store::open(loaded.pipelines, &loaded.targets, owner);
+    let (client, credentials) = aws::client(queue, store.wants_message_attributes());
+    let targets = store.target_names();
+    let run_id = runs::start(owner, &args.request(&targets), &credentials);
     let mut ctx = Ctx {
         store,
         client: client.clone(),
@@ -253,14 +256,18 @@ fn receive_loop(
 }
 
 fn store_batch(ctx: &mut Ctx<'_>, msgs: Vec<Message>, summary: &mut Summary) {
-    let deferred = store_messages(
-        &mut ctx.store,
-        ctx.run_id,
-        ctx.queue_url,
-        &msgs,
-        &mut summary.counts,
-    );
-    // Every stored message is deleted after COMMIT; a deferred one stays.
+    let deferred = Spi::connect_mut(|client| {
+        ctx.store.store(
+            client,
+            ctx.run_id,
+            ctx.queue_url,
+            &msgs,
+            &mut summary.counts,
+        )
+    });
+    // Every stored message is deleted after COMMIT (with every receipt
+    // handle this drain got for it: SQS honours only the newest); a
+    // deferred one stays.
     if let Some(holds) = &ctx.holds {
         holds.forget(&deferred);
     }
@@ -272,79 +279,13 @@ fn store_batch(ctx: &mut Ctx<'_>, msgs: Vec<Message>, summary: &mut Summary) {
     deletes::after_commit(ctx.client.clone(), handles);
 }
 
-/// Stores received messages: ledger, validation, masking, inserts, vault,
-/// dead letters. Returns the ids of the messages it left for a later drain
-/// (another session held their ledger entries too long). Deleting the
-/// others from SQS is the caller's business.
-fn store_messages(
-    store: &mut Store,
-    run_id: i64,
-    queue_url: &str,
-    msgs: &[Message],
-    counts: &mut Counts,
-) -> HashSet<String> {
-    // The same message twice in one batch (received again while this drain
-    // held it): keep the first; it is one message. (Its every receipt
-    // handle is deleted all the same: SQS honours only the newest.)
-    let mut seen = HashSet::with_capacity(msgs.len());
-    let mut unique: Vec<&Message> = Vec::with_capacity(msgs.len());
-    for m in msgs {
-        if seen.insert(m.message_id.as_str()) {
-            unique.push(m);
-        } else {
-            counts.received_again += 1;
-        }
-    }
-    counts.received += unique.len() as i64;
-    Spi::connect_mut(|client| {
-        let ids: Vec<&str> = unique.iter().map(|m| m.message_id.as_str()).collect();
-        let mut ledgered = store.record_ids(client, &ids, run_id, settings::ledger_wait_timeout());
-        // FIFO: a group's later messages wait with a deferred one, in order.
-        let behind = batch::behind_deferred(&unique, &ledgered.new, &ledgered.deferred);
-        store.forget_ids(client, &behind, run_id);
-        for id in behind {
-            ledgered.new.remove(&id);
-            ledgered.deferred.insert(id);
-        }
-        let fresh: Vec<&Message> = unique
-            .iter()
-            .copied()
-            .filter(|m| ledgered.new.contains(&m.message_id))
-            .collect();
-        let deferred = ledgered.deferred.len();
-        if deferred > 0 {
-            pgrx::notice!(
-                "fetch_etl: {deferred} messages are held by another session's uncommitted drain; left in the queue for a later drain"
-            );
-        }
-        counts.received -= deferred as i64;
-        counts.deferred += deferred as i64;
-        // Seen before: by an earlier run (a duplicate), or by this one (the
-        // same message again, received while this drain held it).
-        let known: Vec<&str> = unique
-            .iter()
-            .map(|m| m.message_id.as_str())
-            .filter(|id| !ledgered.new.contains(*id) && !ledgered.deferred.contains(*id))
-            .collect();
-        let again = store.own_ids(client, &known, run_id).len();
-        counts.received -= again as i64;
-        counts.received_again += again as i64;
-        counts.duplicates += (known.len() - again) as i64;
-
-        let outcome = store.load(client, &fresh);
-        counts.loaded += outcome.loaded.len() as i64;
-        counts.rejected += outcome.refused.len() as i64;
-        store.insert_dead_letters(client, run_id, queue_url, &fresh, &outcome.refused);
-        ledgered.deferred
-    })
-}
-
 /// The in-database part of a drain alone, for scripts/bench: stores `bodies`
 /// as if just received (fresh message ids, sent now), in batches of
 /// fetch_etl.batch_size, and returns how many rows were loaded.
 #[cfg(feature = "bench-tools")]
 pub(crate) fn bench_store(bodies: Vec<String>, target_table: &str) -> i64 {
-    let mut store = Store::open(target_table, settings::max_body_bytes(), extension_owner());
+    let loaded = pipelines::login_into(target_table);
+    let mut store = Store::open(loaded.pipelines, &loaded.targets, extension_owner());
     let batch = settings::batch_size();
     let tag = fetch_etl_core::time::now_ms();
     let mut counts = Counts::default();
@@ -361,7 +302,7 @@ pub(crate) fn bench_store(bodies: Vec<String>, target_table: &str) -> i64 {
                 ..Message::default()
             })
             .collect();
-        store_messages(&mut store, -1, "bench", &msgs, &mut counts);
+        Spi::connect_mut(|client| store.store(client, -1, "bench", &msgs, &mut counts));
     }
     Spi::connect_mut(|client| store.flush_vault(client));
     counts.loaded
@@ -404,16 +345,29 @@ pub(crate) fn queue_depth(queue_url: &str) -> (i64, i64, i64) {
 #[pg_schema]
 mod tests {
     use super::*;
-    use fetch_etl_core::sqs::{ClientConfig, Credentials};
-    use fetch_etl_core::target::AppVersionArray;
+    use fetch_etl_core::pipeline::plan::{ArrayKind, TypeKind};
+    use fetch_etl_sqs::{ClientConfig, Credentials};
 
     #[pg_test]
     fn target_is_created_with_the_exercise_ddl() {
-        let t = crate::postgres::target::resolve("pgtest_logins");
-        assert_eq!(t.sql_name, "public.pgtest_logins");
-        assert_eq!(t.app_version, AppVersionArray::Int8);
-        assert_eq!(t.limits.user_id_chars, Some(128));
-        assert_eq!(t.limits.device_type_chars, Some(32));
+        let loaded = crate::postgres::pipelines::login_into("pgtest_logins");
+        let plan = &loaded.pipelines.plans[0];
+        assert_eq!(plan.target, "public.pgtest_logins");
+        let col = |n: &str| plan.columns.iter().find(|c| c.target.name == n).unwrap();
+        assert_eq!(col("app_version").array, ArrayKind::Int8);
+        assert_eq!(
+            col("user_id").target.kind,
+            TypeKind::Text {
+                max_chars: Some(128)
+            }
+        );
+        assert_eq!(
+            col("device_type").target.kind,
+            TypeKind::Text {
+                max_chars: Some(32)
+            }
+        );
+        assert_eq!(col("create_date").target.cast_to, "pg_catalog.date");
         let cols = Spi::get_one::<String>(
             "SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod), ', ' ORDER BY attnum) \
              FROM pg_attribute WHERE attrelid = 'public.pgtest_logins'::regclass AND attnum > 0",

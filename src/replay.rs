@@ -22,10 +22,10 @@
 use pgrx::prelude::*;
 
 use fetch_etl_core::budget::{byte_runs, REPLAY_PAGE_ROWS, STORE_FLUSH_BYTES};
-use fetch_etl_core::sqs::Message;
+use fetch_etl_sqs::Message;
 
 use crate::postgres::error::{OrRaise, SpiOrRaise};
-use crate::postgres::settings;
+use crate::postgres::pipelines;
 use crate::postgres::spi::{as_owner, extension_owner};
 use crate::postgres::store::Store;
 
@@ -45,8 +45,9 @@ pub(crate) fn replay(
 ) -> Replayed {
     fetch_etl_core::args::check_replay(max_rows).or_raise();
     let owner = extension_owner();
-    let mut store = Store::open(target_table, settings::max_body_bytes(), owner);
-    let target = store.target_name().to_string();
+    let loaded = pipelines::login_into(target_table);
+    let mut store = Store::open(loaded.pipelines, &loaded.targets, owner);
+    let target = store.target_names();
     let mut done = Replayed::default();
     loop {
         let left = i64::from(max_rows) - done.replayed;

@@ -1,5 +1,5 @@
 //! Where an SQS request goes and with which credentials: the settings, then
-//! the standard AWS chain (fetch_etl_core::credentials), cached per backend.
+//! the standard AWS chain (fetch_etl_sqs::credentials), cached per backend.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -7,15 +7,15 @@ use std::sync::Arc;
 
 use url::Url;
 
-use fetch_etl_core::credentials::cache::{CredentialCache, CurrentCredentials};
-use fetch_etl_core::credentials::chain::env;
-use fetch_etl_core::credentials::{AssumeRole, ChainConfig, Provenance, HINT};
 use fetch_etl_core::error::{Classified, ErrorKind};
 use fetch_etl_core::settings as defs;
-use fetch_etl_core::sqs::endpoint::{host_of, Allowlist};
-use fetch_etl_core::sqs::retry::RetryPolicy;
-use fetch_etl_core::sqs::transport::check_resolution;
-use fetch_etl_core::sqs::{Client, ClientConfig, Credentials, Protocol, QueueRef};
+use fetch_etl_sqs::credentials::cache::{CredentialCache, CurrentCredentials};
+use fetch_etl_sqs::credentials::chain::env;
+use fetch_etl_sqs::credentials::{AssumeRole, ChainConfig, Provenance, HINT};
+use fetch_etl_sqs::endpoint::{host_of, Allowlist};
+use fetch_etl_sqs::retry::RetryPolicy;
+use fetch_etl_sqs::transport::check_resolution;
+use fetch_etl_sqs::{Client, ClientConfig, Credentials, Protocol, QueueRef};
 
 use super::error::{raise, raise_with_hint, OrRaise};
 use super::runtime;

@@ -33,7 +33,7 @@ use pgrx::pg_sys;
 
 use fetch_etl_core::error::ErrorKind;
 use fetch_etl_core::settings as defs;
-use fetch_etl_core::sqs::Client;
+use fetch_etl_sqs::Client;
 
 use super::error::raise_with_hint;
 use super::runtime::{self, Bounded};

@@ -29,6 +29,10 @@ fn errcode(kind: ErrorKind) -> PgSqlErrorCode {
         ErrorKind::ProtocolViolation => ERRCODE_PROTOCOL_VIOLATION,
         ErrorKind::LimitExceeded => ERRCODE_PROGRAM_LIMIT_EXCEEDED,
         ErrorKind::External => ERRCODE_SYSTEM_ERROR,
+        ErrorKind::SyntaxError => ERRCODE_SYNTAX_ERROR,
+        ErrorKind::NotNullViolation => ERRCODE_NOT_NULL_VIOLATION,
+        ErrorKind::GeneratedAlways => ERRCODE_GENERATED_ALWAYS,
+        ErrorKind::DuplicateObject => ERRCODE_DUPLICATE_OBJECT,
         ErrorKind::Internal => ERRCODE_INTERNAL_ERROR,
     }
 }

@@ -1,6 +1,6 @@
 //! Glue that only talks to PostgreSQL: errors and SQLSTATEs, settings,
-//! SPI helpers, the key store, the target table's catalog entry, the store
-//! path's statements, run records, transaction callbacks, the per-backend
+//! SPI helpers, the key store, the pipelines and their target tables'
+//! catalog entries, the store path's statements, run records, transaction callbacks, the per-backend
 //! async runtime and the visibility heartbeat's callbacks. Decisions are
 //! `fetch_etl_core`'s.
 
@@ -9,6 +9,7 @@ pub(crate) mod deletes;
 pub(crate) mod error;
 pub(crate) mod keystore;
 pub(crate) mod locks;
+pub(crate) mod pipelines;
 pub(crate) mod runs;
 pub(crate) mod runtime;
 pub(crate) mod settings;

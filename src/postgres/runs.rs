@@ -5,8 +5,8 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use fetch_etl_core::contract::RunStatus;
-use fetch_etl_core::credentials::Provenance;
 use fetch_etl_core::error::ErrorKind;
+use fetch_etl_sqs::credentials::Provenance;
 
 use super::error::raise;
 use super::spi::as_owner;

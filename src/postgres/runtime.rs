@@ -30,9 +30,9 @@ use pgrx::pg_sys;
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 
-use fetch_etl_core::sqs::heartbeat::block_all_signals;
-use fetch_etl_core::sqs::transport::{http_client, Guard, HttpTransport};
-use fetch_etl_core::sqs::SqsError;
+use fetch_etl_sqs::heartbeat::block_all_signals;
+use fetch_etl_sqs::transport::{http_client, Guard, HttpTransport};
+use fetch_etl_sqs::SqsError;
 
 const SLICE: Duration = Duration::from_millis(100);
 
@@ -51,7 +51,7 @@ thread_local! {
     static GUARD: Arc<Guard> = Arc::new(Guard::default());
 }
 
-/// The backend's resolver guard (see `fetch_etl_core::sqs::transport::Guard`).
+/// The backend's resolver guard (see `fetch_etl_sqs::transport::Guard`).
 pub(crate) fn guard() -> Arc<Guard> {
     GUARD.with(Arc::clone)
 }
@@ -168,7 +168,7 @@ where
 #[cfg(any(test, feature = "pg_test"))]
 #[pgrx::pg_schema]
 mod tests {
-    use fetch_etl_core::sqs::heartbeat::blocked_signals;
+    use fetch_etl_sqs::heartbeat::blocked_signals;
     use pgrx::prelude::*;
 
     /// Every thread of the backend but its own blocks the signals

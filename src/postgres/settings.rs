@@ -15,8 +15,8 @@ use fetch_etl_core::envelope::Envelopes;
 use fetch_etl_core::settings::{
     self as defs, Access, EnumSetting, IntSetting, StringSetting, Unit,
 };
-use fetch_etl_core::sqs::heartbeat::{HoldRules, MIN_EXTENSION};
-use fetch_etl_core::sqs::Protocol;
+use fetch_etl_sqs::heartbeat::{HoldRules, MIN_EXTENSION};
+use fetch_etl_sqs::Protocol;
 
 type StringGuc = GucSetting<Option<CString>>;
 

@@ -1,5 +1,5 @@
 //! The backend's side of the visibility heartbeat
-//! (`fetch_etl_core::sqs::heartbeat`): one thread per backend, started by the
+//! (`fetch_etl_sqs::heartbeat`): one thread per backend, started by the
 //! first drain that needs it, and transaction callbacks that end its holds.
 //!
 //! In the transaction callbacks (`xact.rs`):
@@ -23,9 +23,9 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use fetch_etl_core::settings as defs;
-use fetch_etl_core::sqs::heartbeat::{Ended, Heartbeat, HeldQueue, Stats, MAX_HELD_BYTES};
-use fetch_etl_core::sqs::transport::{http_client, HttpTransport};
-use fetch_etl_core::sqs::{Client, Message};
+use fetch_etl_sqs::heartbeat::{Ended, Heartbeat, HeldQueue, Stats, MAX_HELD_BYTES};
+use fetch_etl_sqs::transport::{http_client, HttpTransport};
+use fetch_etl_sqs::{Client, Message};
 
 use super::runtime;
 use super::settings;
@@ -250,8 +250,8 @@ fn report(ended: Ended, stats: Stats) {
 #[pg_schema]
 mod tests {
     use super::*;
-    use fetch_etl_core::sqs::heartbeat::blocked_signals;
-    use fetch_etl_core::sqs::{ClientConfig, Credentials, QueueRef};
+    use fetch_etl_sqs::heartbeat::blocked_signals;
+    use fetch_etl_sqs::{ClientConfig, Credentials, QueueRef};
 
     fn client() -> Client {
         let creds = Credentials {

@@ -47,13 +47,21 @@ sql_enum! {
         NotJson = "not_json",
         /// The body is JSON but not an object.
         NotObject = "not_object",
-        /// The object has none of the login fields.
+        /// The built-in login pipeline's event has none of the login fields
+        /// (what other pipelines call `unrecognized_event`).
         NotLoginEvent = "not_login_event",
-        /// No (or a null or empty) `user_id`.
+        /// The event has none of its pipeline's fields, or is a message of
+        /// SNS's own (a subscription confirmation).
+        UnrecognizedEvent = "unrecognized_event",
+        /// A REQUIRED value (the login's `user_id`) or the idempotency key
+        /// is missing, null or empty.
         MissingField = "missing_field",
-        /// A login field that is not a string or null.
+        /// A value that is not of the JSON type its column asks for (a login
+        /// field that is not a string or null), or a path that selects
+        /// several values for one column.
         WrongType = "wrong_type",
-        /// A value longer than its column allows.
+        /// A value longer than its column allows, or a masked value longer
+        /// than `fetch_etl.max_pii_bytes`.
         TooLong = "too_long",
         /// A `\u0000` in a value (PostgreSQL text cannot store it).
         NulCharacter = "nul_character",
@@ -63,13 +71,21 @@ sql_enum! {
         TooLarge = "too_large",
         /// The same key twice in the object.
         DuplicateField = "duplicate_field",
-        /// An `app_version` the integer column cannot encode.
+        /// A value the `version` transform (the exercise's `app_version`)
+        /// cannot encode into the integer column.
         BadAppVersion = "bad_app_version",
         /// An SNS notification or EventBridge event that carries no event
         /// (no string `Message`, no `detail` object).
         MalformedEnvelope = "malformed_envelope",
         /// The target table refused the row with a data error.
         RejectedByTable = "rejected_by_table",
+        /// A value the column's type (or domain) refuses: the detail names
+        /// the column, where the value came from and PostgreSQL's SQLSTATE.
+        BadValue = "bad_value",
+        /// A router found no route for the message.
+        NoRoute = "no_route",
+        /// A pipeline's rows path selected no element of the event.
+        NoRows = "no_rows",
     }
 }
 

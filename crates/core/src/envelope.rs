@@ -24,7 +24,8 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::contract::RejectReason;
-use crate::event::{reject, truncate, Reject};
+use crate::pipeline::spec::EnvelopeField;
+use crate::reject::{reject, truncate, Reject};
 
 /// Envelopes unwrapped around one event, at most.
 pub const MAX_LAYERS: usize = 2;
@@ -58,6 +59,9 @@ impl fmt::Display for Kind {
 /// The envelope fields kept with the row (`sqs_attributes`), by name.
 pub type EnvelopeAttributes = Vec<(&'static str, String)>;
 
+/// The envelope fields a pipeline's `ENVELOPE` source can take, as sent.
+pub type EnvelopeFields = Vec<(EnvelopeField, String)>;
+
 /// What [`open`] found in an object's fields.
 pub(crate) enum Opened<'a> {
     /// Not an envelope: the object is the event.
@@ -67,6 +71,7 @@ pub(crate) enum Opened<'a> {
         kind: Kind,
         inner: Cow<'a, str>,
         attributes: EnvelopeAttributes,
+        fields: EnvelopeFields,
     },
     /// Looks like an envelope but is not one that carries an event.
     Refused(Reject),
@@ -103,7 +108,7 @@ pub(crate) fn open<'a>(text: &'a str, fields: &'a [(String, Value)]) -> Opened<'
                 // SubscriptionConfirmation, UnsubscribeConfirmation: SNS's own
                 // messages (a cross-account subscription sends one to confirm).
                 return Opened::Refused(reject(
-                    RejectReason::NotLoginEvent,
+                    RejectReason::UnrecognizedEvent,
                     format!(
                         "an SNS {} message, not a notification; confirm or remove the subscription in SNS",
                         truncate(ty, 40)
@@ -118,6 +123,7 @@ pub(crate) fn open<'a>(text: &'a str, fields: &'a [(String, Value)]) -> Opened<'
                     kind: Kind::Sns,
                     inner: Cow::Borrowed(m.as_str()),
                     attributes: vec![("TopicArn", topic.to_string())],
+                    fields: envelope_fields(fields, true),
                 },
                 None => malformed("SNS notification without a Message".into()),
                 Some(_) => malformed("SNS notification whose Message is not a string".into()),
@@ -149,13 +155,24 @@ pub(crate) fn open<'a>(text: &'a str, fields: &'a [(String, Value)]) -> Opened<'
                 kind: Kind::EventBridge,
                 inner: Cow::Borrowed(d.detail.get()),
                 attributes,
+                fields: envelope_fields(fields, false),
             }
         }
     }
 }
 
+/// The string fields of an SNS (or EventBridge) envelope that ENVELOPE
+/// sources name.
+fn envelope_fields(fields: &[(String, Value)], sns: bool) -> EnvelopeFields {
+    EnvelopeField::ALL
+        .iter()
+        .filter(|(_, f)| f.is_sns() == sns)
+        .filter_map(|(_, f)| string(fields, f.wire_name()).map(|v| (*f, v.to_string())))
+        .collect()
+}
+
 /// A reject found inside an envelope, saying where.
-pub(crate) fn inside(kind: Kind, r: Reject) -> Reject {
+pub fn inside(kind: Kind, r: Reject) -> Reject {
     let what = match kind {
         Kind::Sns => "in the SNS notification's Message",
         Kind::EventBridge => "in the EventBridge event's detail",
@@ -176,169 +193,4 @@ pub(crate) fn not_unwrapped_hint(fields: &[(String, Value)]) -> Option<String> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::event::{parse_message, Limits, Parsed};
-
-    const EVENT: &str = r#"{"user_id": "u1", "ip": "1.2.3.4", "device_id": "d1", "app_version": "2.3.0", "locale": "RU", "device_type": "ios"}"#;
-
-    fn sns(message: &str) -> String {
-        serde_json::json!({
-            "Type": "Notification",
-            "MessageId": "5e1f1a3c-0000-4000-8000-000000000001",
-            "TopicArn": "arn:aws:sns:us-east-1:123456789012:logins",
-            "Message": message,
-            "Timestamp": "2026-12-02T08:00:00.000Z",
-            "SignatureVersion": "1",
-            "Signature": "EXAMPLE",
-            "SigningCertURL": "https://sns.us-east-1.amazonaws.com/x.pem",
-            "UnsubscribeURL": "https://sns.us-east-1.amazonaws.com/?Action=Unsubscribe"
-        })
-        .to_string()
-    }
-
-    fn eventbridge(detail: &str) -> String {
-        format!(
-            r#"{{"version": "0", "id": "e-1", "detail-type": "UserLogin", "source": "com.example.auth",
-               "account": "123456789012", "time": "2026-12-02T08:00:00Z", "region": "us-east-1",
-               "resources": [], "detail": {detail}}}"#
-        )
-    }
-
-    fn parse(body: &str) -> Result<Parsed, Reject> {
-        parse_message(body, &Limits::default(), Envelopes::Auto)
-    }
-
-    fn code(body: &str) -> RejectReason {
-        parse(body).unwrap_err().reason
-    }
-
-    #[test]
-    fn an_sns_notification_is_unwrapped() {
-        let p = parse(&sns(EVENT)).unwrap();
-        assert_eq!(p.event.user_id, "u1");
-        assert_eq!(p.event.ip.as_deref(), Some("1.2.3.4"));
-        assert_eq!(p.envelopes, vec![Kind::Sns]);
-        assert_eq!(
-            p.attributes,
-            vec![(
-                "TopicArn",
-                "arn:aws:sns:us-east-1:123456789012:logins".into()
-            )]
-        );
-        // and the bare event is still the event
-        let bare = parse(EVENT).unwrap();
-        assert!(bare.envelopes.is_empty() && bare.attributes.is_empty());
-        assert_eq!(bare.event, p.event);
-    }
-
-    #[test]
-    fn an_eventbridge_event_is_unwrapped_from_its_detail_text() {
-        let p = parse(&eventbridge(EVENT)).unwrap();
-        assert_eq!(p.event.user_id, "u1");
-        assert_eq!(p.envelopes, vec![Kind::EventBridge]);
-        assert_eq!(
-            p.attributes,
-            vec![
-                ("EventSource", "com.example.auth".into()),
-                ("DetailType", "UserLogin".into())
-            ]
-        );
-        // the detail is read as sent: a duplicate key in it is still seen
-        let r = parse(&eventbridge(r#"{"user_id": "a", "user_id": "b"}"#)).unwrap_err();
-        assert_eq!(r.reason, RejectReason::DuplicateField);
-        assert!(
-            r.detail.starts_with("in the EventBridge event's detail: "),
-            "{}",
-            r.detail
-        );
-    }
-
-    #[test]
-    fn eventbridge_through_sns_is_two_layers() {
-        let p = parse(&sns(&eventbridge(EVENT))).unwrap();
-        assert_eq!(p.envelopes, vec![Kind::Sns, Kind::EventBridge]);
-        assert_eq!(p.event.user_id, "u1");
-        assert_eq!(p.attributes.len(), 3);
-        // a third layer is not opened: what is inside two is the event
-        assert_eq!(code(&sns(&sns(&sns(EVENT)))), RejectReason::NotLoginEvent);
-    }
-
-    #[test]
-    fn the_inner_event_is_validated_like_a_bare_one() {
-        let r = parse(&sns(r#"{"foo": "oops_wrong_msg_type", "bar": "123"}"#)).unwrap_err();
-        assert_eq!(r.reason, RejectReason::NotLoginEvent);
-        assert_eq!(
-            r.to_string(),
-            "not_login_event: in the SNS notification's Message: no login fields; has: bar, foo"
-        );
-        assert_eq!(code(&sns("plain text, not JSON")), RejectReason::NotJson);
-        assert_eq!(code(&sns("[1]")), RejectReason::NotObject);
-        assert_eq!(code(&sns(r#"{"user_id": 7}"#)), RejectReason::WrongType);
-        assert_eq!(
-            code(&eventbridge(r#"{"ip": "1.2.3.4"}"#)),
-            RejectReason::MissingField
-        );
-    }
-
-    #[test]
-    fn malformed_envelopes_have_their_own_reason() {
-        let no_message = r#"{"Type": "Notification", "TopicArn": "arn:aws:sns:us-east-1:1:t"}"#;
-        let object_message = r#"{"Type": "Notification", "TopicArn": "arn:aws:sns:us-east-1:1:t", "Message": {"user_id": "u"}}"#;
-        let bad_topic = r#"{"Type": "Notification", "TopicArn": 5, "Message": "{}"}"#;
-        for body in [no_message, object_message, bad_topic] {
-            assert_eq!(code(body), RejectReason::MalformedEnvelope, "{body}");
-        }
-        let r = parse(object_message).unwrap_err();
-        assert_eq!(r.detail, "SNS notification whose Message is not a string");
-        assert_eq!(
-            code(&eventbridge("\"a string\"")),
-            RejectReason::MalformedEnvelope
-        );
-        assert_eq!(
-            code(r#"{"detail-type": "x", "source": "y"}"#),
-            RejectReason::MalformedEnvelope
-        );
-        // SNS's own messages are not events, and say what to do
-        let confirm = r#"{"Type": "SubscriptionConfirmation", "TopicArn": "arn:aws:sns:us-east-1:1:t", "Token": "t", "SubscribeURL": "https://example.com/"}"#;
-        let r = parse(confirm).unwrap_err();
-        assert_eq!(r.reason, RejectReason::NotLoginEvent);
-        assert!(
-            r.detail.contains("SubscriptionConfirmation"),
-            "{}",
-            r.detail
-        );
-        assert!(!r.detail.contains("example.com"), "{}", r.detail);
-    }
-
-    #[test]
-    fn with_envelopes_none_an_envelope_is_not_a_login_event_and_says_why() {
-        let r = parse_message(&sns(EVENT), &Limits::default(), Envelopes::None).unwrap_err();
-        assert_eq!(r.reason, RejectReason::NotLoginEvent);
-        assert!(
-            r.detail
-                .ends_with("(an SNS notification: fetch_etl.envelopes is none)"),
-            "{}",
-            r.detail
-        );
-        // a bare event is the same either way
-        assert!(parse_message(EVENT, &Limits::default(), Envelopes::None).is_ok());
-    }
-
-    #[test]
-    fn the_size_limit_is_the_outer_body_s() {
-        let limits = Limits {
-            max_body_bytes: 300,
-            ..Limits::default()
-        };
-        let body = sns(EVENT);
-        assert!(body.len() > 300);
-        assert_eq!(
-            parse_message(&body, &limits, Envelopes::Auto)
-                .unwrap_err()
-                .reason,
-            RejectReason::TooLarge
-        );
-    }
-}
+// Tested through the engine: batch/tests.rs (envelopes_are_unwrapped_...).

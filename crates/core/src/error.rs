@@ -33,6 +33,14 @@ pub enum ErrorKind {
     LimitExceeded,
     /// The remote service reported an error we have no better class for (58000).
     External,
+    /// A pipeline's column list or path does not parse (42601).
+    SyntaxError,
+    /// A NOT NULL column without a default that nothing fills (23502).
+    NotNullViolation,
+    /// A generated column, which nothing may fill (428C9).
+    GeneratedAlways,
+    /// A pipeline of that name exists already (42710).
+    DuplicateObject,
     /// A bug: should not happen (XX000).
     Internal,
 }

@@ -23,9 +23,27 @@ pub fn utc_date(ms: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
+/// A Unix time in milliseconds as an ISO 8601 UTC timestamp
+/// (`2022-12-02T17:06:40.123Z`): what PostgreSQL's timestamptz input reads
+/// whatever the session's DateStyle and TimeZone.
+pub fn iso_utc(ms: i64) -> String {
+    let ms_of_day = ms.rem_euclid(86_400_000);
+    let (h, rest) = (ms_of_day / 3_600_000, ms_of_day % 3_600_000);
+    let (m, rest) = (rest / 60_000, rest % 60_000);
+    let (s, milli) = (rest / 1000, rest % 1000);
+    format!("{}T{h:02}:{m:02}:{s:02}.{milli:03}Z", utc_date(ms))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn iso_timestamps() {
+        assert_eq!(iso_utc(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(iso_utc(1_670_000_000_123), "2022-12-02T16:53:20.123Z");
+        assert_eq!(iso_utc(-1), "1969-12-31T23:59:59.999Z");
+    }
 
     #[test]
     fn utc_dates() {

@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 
 use super::chain::Chain;
 use super::{refresh_at, ChainConfig, CredentialsError, Resolved};
-use crate::sqs::{Credentials, SqsError};
+use crate::{Credentials, SqsError};
 
 /// How long a failed refresh waits before the next try, while the old
 /// credentials still serve.

@@ -11,8 +11,21 @@
 //! - `client`: an operation = protocol choice + retries over the transport.
 //! - `pump`: concurrent ReceiveMessage calls feeding a bounded channel.
 //! - `heartbeat`: a thread that extends the visibility of held messages.
+//! - `credentials`: the AWS credential chain (aws-config's providers) and
+//!   the backend's cache of what it resolved.
+//!
+//! A crate of its own, apart from `fetch_etl_core`: the domain (events,
+//! pipelines, masking, the public contracts, settings) builds and tests
+//! without tokio, reqwest or aws-config. Written on reqwest and aws-sigv4
+//! rather than the AWS SDK's SQS crate: the drain needs bounded replies (a
+//! size cap per reply, read incrementally), both wire protocols (LocalStack
+//! before 3.0 speaks only Query), request ids and retry classes it can name
+//! in SQL errors, and polling in short slices so that a cancel takes effect
+//! within 0.1 s; the SDK's client offers none of these knobs and would add
+//! its own runtime and HTTP stack to every backend.
 
 pub mod client;
+pub mod credentials;
 pub mod endpoint;
 pub mod heartbeat;
 pub mod pump;
@@ -22,7 +35,7 @@ mod signer;
 pub mod transport;
 pub mod wire;
 
-use crate::error::{Classified, ErrorKind};
+use fetch_etl_core::error::{Classified, ErrorKind};
 
 pub use client::{Client, ClientConfig};
 pub use queue_url::QueueRef;
@@ -127,48 +140,7 @@ fn redact_runs(text: &str, secret: &str) -> String {
     out
 }
 
-/// One received message.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Message {
-    pub message_id: String,
-    pub receipt_handle: String,
-    pub body: String,
-    /// `SentTimestamp` attribute: milliseconds since the Unix epoch.
-    pub sent_timestamp_ms: Option<i64>,
-    /// `ApproximateReceiveCount` attribute.
-    pub receive_count: Option<i32>,
-    /// The system attributes of [`wire::KEPT_ATTRIBUTES`] SQS sent, in that
-    /// order (`MessageGroupId`, `SequenceNumber`, ...).
-    pub attributes: Vec<(&'static str, String)>,
-    /// The message attributes (asked for only when the target keeps them).
-    pub message_attributes: Vec<MessageAttribute>,
-}
-
-impl Message {
-    /// A system attribute SQS sent.
-    pub fn attribute(&self, name: &str) -> Option<&str> {
-        self.attributes
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// The FIFO message group (None on a standard queue).
-    pub fn group_id(&self) -> Option<&str> {
-        self.attribute("MessageGroupId")
-    }
-}
-
-/// One message attribute, as SQS sent it.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct MessageAttribute {
-    pub name: String,
-    /// `String`, `Number`, `Binary`, or one of those with a `.custom` suffix.
-    pub data_type: String,
-    pub string_value: Option<String>,
-    /// Base64, as on the wire.
-    pub binary_value: Option<String>,
-}
+pub use fetch_etl_core::message::{Message, MessageAttribute, KEPT_ATTRIBUTES};
 
 /// Result of a batch call (DeleteMessageBatch, ChangeMessageVisibilityBatch).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

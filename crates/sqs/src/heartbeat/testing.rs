@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::{Heartbeat, HoldRules};
-use crate::sqs::transport::{HttpReply, HttpRequest, Transport};
-use crate::sqs::{Client, ClientConfig, Credentials, Message, Protocol, QueueRef, SqsError};
+use crate::transport::{HttpReply, HttpRequest, Transport};
+use crate::{Client, ClientConfig, Credentials, Message, Protocol, QueueRef, SqsError};
 
 /// An SQS endpoint that answers every batch call with success for every
 /// entry (or with `refuse`), and GetQueueAttributes with a visibility
@@ -103,7 +103,7 @@ pub(super) fn client(fake: &Fake) -> Client<Fake> {
         fake.clone(),
         ClientConfig {
             protocol: Some(Protocol::Json),
-            retry: crate::sqs::retry::RetryPolicy {
+            retry: crate::retry::RetryPolicy {
                 max_attempts: 1,
                 ..Default::default()
             },

@@ -15,7 +15,7 @@ use super::transport::{HttpReply, HttpRequest, HttpTransport, Transport};
 use super::wire::{self, BatchAction, WireRequest};
 use super::{signer, BatchOutcome, Message, Protocol, QueueRef, SqsError};
 use crate::credentials::cache::CurrentCredentials;
-use crate::settings;
+use fetch_etl_core::settings;
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -37,7 +37,7 @@ impl Default for ClientConfig {
             protocol: None,
             request_timeout: Duration::from_millis(settings::HTTP_TIMEOUT.default as u64),
             retry: RetryPolicy::default(),
-            max_response_bytes: crate::budget::MAX_REPLY_BYTES,
+            max_response_bytes: fetch_etl_core::budget::MAX_REPLY_BYTES,
             metadata: false,
         }
     }
@@ -418,7 +418,7 @@ pub fn request_url(endpoint: &Url, path: &str) -> Result<Url, SqsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sqs::Credentials;
+    use crate::Credentials;
     use std::collections::VecDeque;
     use std::future::Future;
     use std::sync::Arc;
@@ -819,7 +819,7 @@ mod tests {
             r.timeout,
             ClientConfig::default().request_timeout + Duration::from_secs(20)
         );
-        assert_eq!(r.max_reply_bytes, crate::budget::MAX_REPLY_BYTES);
+        assert_eq!(r.max_reply_bytes, fetch_etl_core::budget::MAX_REPLY_BYTES);
         assert_eq!(r.url.as_str(), "http://localhost:4566/");
     }
     /// SSRF: the allowlist checks the queue URL's host, so every request must

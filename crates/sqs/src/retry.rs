@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::{wire, SqsError};
-use crate::settings;
+use fetch_etl_core::settings;
 
 /// What kind of failure an attempt ended in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,8 +16,8 @@ use futures_util::stream::{self, StreamExt};
 use super::policy::queue_timeout;
 use super::registry::{plan, record, CallResult, LookupResult, Plan};
 use super::Shared;
-use crate::sqs::transport::Transport;
-use crate::sqs::wire::BatchAction;
+use crate::transport::Transport;
+use crate::wire::BatchAction;
 
 /// The thread looks at its holds at least this often while it has any.
 const TICK: Duration = Duration::from_millis(250);
@@ -184,7 +184,7 @@ mod tests {
     use super::super::testing::{client, creds, messages, started, Fake, RULES};
     use super::super::{HoldRules, MAX_HELD_BYTES};
     use super::*;
-    use crate::sqs::Message;
+    use crate::Message;
 
     const S: Duration = Duration::from_secs(1);
 

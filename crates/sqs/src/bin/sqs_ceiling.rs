@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 
-use fetch_etl_core::sqs::endpoint::{host_of, Reach};
-use fetch_etl_core::sqs::transport::{http_client, Guard, HttpTransport};
-use fetch_etl_core::sqs::{Client, ClientConfig, Credentials, Protocol, QueueRef};
+use fetch_etl_sqs::endpoint::{host_of, Reach};
+use fetch_etl_sqs::transport::{http_client, Guard, HttpTransport};
+use fetch_etl_sqs::{Client, ClientConfig, Credentials, Protocol, QueueRef};
 
 fn arg(name: &str) -> String {
     let args: Vec<String> = std::env::args().collect();

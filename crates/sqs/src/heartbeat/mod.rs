@@ -320,8 +320,8 @@ impl<T: Transport + Clone + 'static> Heartbeat<T> {
     pub fn full(&self) -> bool {
         self.shared.lock().held_bytes
             + HOLD_OVERHEAD
-            + crate::budget::MAX_RECEIPT_HANDLE_BYTES
-            + 2 * crate::budget::MAX_MESSAGE_ID_BYTES
+            + fetch_etl_core::budget::MAX_RECEIPT_HANDLE_BYTES
+            + 2 * fetch_etl_core::budget::MAX_MESSAGE_ID_BYTES
             + MAX_QUEUE_URL_BYTES
             > MAX_HELD_BYTES
     }

@@ -11,20 +11,12 @@ use quick_xml::events::Event;
 use serde::Deserialize;
 
 use super::{BatchOutcome, Message, MessageAttribute, Protocol, QueueRef, SqsError};
-use crate::budget;
+use fetch_etl_core::budget;
 
 pub const QUERY_API_VERSION: &str = "2012-11-05";
 /// System attributes every drain asks for.
 pub const WANTED_ATTRIBUTES: [&str; 2] = ["SentTimestamp", "ApproximateReceiveCount"];
-/// System attributes kept with a message ([`Message::attributes`]): asked
-/// for when the target has an `sqs_attributes` column, and the first two
-/// always on a FIFO queue (the drain keeps each group's order).
-pub const KEPT_ATTRIBUTES: [&str; 4] = [
-    "MessageGroupId",
-    "SequenceNumber",
-    "MessageDeduplicationId",
-    "SenderId",
-];
+pub use fetch_etl_core::message::KEPT_ATTRIBUTES;
 
 /// What one ReceiveMessage call asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -789,7 +781,7 @@ fn local_name(qname: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sqs::retry::RetryClass;
+    use crate::retry::RetryClass;
 
     fn queue() -> QueueRef {
         QueueRef::parse("http://localhost:4566/000000000000/login-queue", None).unwrap()

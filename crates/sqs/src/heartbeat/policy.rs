@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::args::MAX_VISIBILITY_TIMEOUT;
+use fetch_etl_core::args::MAX_VISIBILITY_TIMEOUT;
 
 /// The longest SQS keeps a received message hidden, extensions included.
 pub const MAX_HIDDEN: Duration = Duration::from_secs(MAX_VISIBILITY_TIMEOUT as u64);

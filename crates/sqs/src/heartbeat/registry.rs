@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use super::policy::{backoff, later, next_step, Step, LOOKUP_AFTER, LOOKUP_TTL};
 use super::{Ended, HeldQueue, Stats};
-use crate::sqs::retry::RetryClass;
-use crate::sqs::transport::Transport;
-use crate::sqs::{BatchOutcome, Message, SqsError};
+use crate::retry::RetryClass;
+use crate::transport::Transport;
+use crate::{BatchOutcome, Message, SqsError};
 
 /// Batch calls one round makes at most (hand-backs first).
 pub const MAX_CALLS_PER_ROUND: usize = 32;
@@ -20,7 +20,7 @@ pub const MAX_CALLS_PER_ROUND: usize = 32;
 /// entry, the maps).
 pub(super) const HOLD_OVERHEAD: usize = 200;
 /// The registry's memory: holds past this are not extended.
-pub const MAX_HELD_BYTES: usize = crate::budget::MAX_HELD_BYTES;
+pub const MAX_HELD_BYTES: usize = fetch_etl_core::budget::MAX_HELD_BYTES;
 
 pub(super) struct Hold<T> {
     pub(super) queue: Arc<HeldQueue<T>>,
@@ -608,12 +608,12 @@ mod tests {
         let fake = Fake::default();
         let t0 = Instant::now();
         let q = queue(&fake, Some(30));
-        let other_client = crate::sqs::Client::new(
+        let other_client = crate::Client::new(
             fake.clone(),
-            crate::sqs::ClientConfig::default(),
+            crate::ClientConfig::default(),
             Arc::new(super::super::testing::creds()),
             "us-east-1".into(),
-            crate::sqs::QueueRef::parse("http://127.0.0.1:9/000000000000/other", None).unwrap(),
+            crate::QueueRef::parse("http://127.0.0.1:9/000000000000/other", None).unwrap(),
             None,
         );
         let other = Arc::new(HeldQueue::new(other_client, Some(30), RULES));

@@ -15,8 +15,8 @@ pub mod chain;
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
-use crate::error::{Classified, ErrorKind};
-use crate::sqs::Credentials;
+use crate::Credentials;
+use fetch_etl_core::error::{Classified, ErrorKind};
 
 /// Where a set of credentials came from: a public contract, recorded in
 /// `drain_runs.credential_source` (with `+assume_role` when a role was

@@ -33,7 +33,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use url::Url;
 
 use super::queue_url::is_region;
-use crate::error::{Classified, ErrorKind};
+use fetch_etl_core::error::{Classified, ErrorKind};
 
 /// What a matching entry allows the host to resolve to, narrowest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

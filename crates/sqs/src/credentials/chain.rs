@@ -36,7 +36,7 @@ use tokio::time::{timeout_at, Instant};
 use super::{
     key_hint, AssumeRole, ChainConfig, CredentialsError, Provenance, Resolved, Source, Tried,
 };
-use crate::sqs::Credentials;
+use crate::Credentials;
 
 /// Longest provider message kept.
 const MAX_WHY: usize = 240;
