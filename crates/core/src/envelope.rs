@@ -21,7 +21,7 @@ use std::fmt;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::contract::RejectReason;
 use crate::pipeline::spec::EnvelopeField;
@@ -77,16 +77,16 @@ pub(crate) enum Opened<'a> {
     Refused(Reject),
 }
 
-fn field<'a>(fields: &'a [(String, Value)], name: &str) -> Option<&'a Value> {
-    fields.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+fn field<'a>(fields: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    fields.get(name)
 }
 
-fn string<'a>(fields: &'a [(String, Value)], name: &str) -> Option<&'a str> {
+fn string<'a>(fields: &'a Map<String, Value>, name: &str) -> Option<&'a str> {
     field(fields, name).and_then(|v| v.as_str())
 }
 
 /// How an envelope is told from an event.
-pub(crate) fn kind_of(fields: &[(String, Value)]) -> Option<Kind> {
+pub(crate) fn kind_of(fields: &Map<String, Value>) -> Option<Kind> {
     if string(fields, "Type").is_some() && field(fields, "TopicArn").is_some() {
         Some(Kind::Sns)
     } else if field(fields, "detail-type").is_some() && field(fields, "source").is_some() {
@@ -97,7 +97,7 @@ pub(crate) fn kind_of(fields: &[(String, Value)]) -> Option<Kind> {
 }
 
 /// Recognises an envelope in the fields of the object `text`.
-pub(crate) fn open<'a>(text: &'a str, fields: &'a [(String, Value)]) -> Opened<'a> {
+pub(crate) fn open<'a>(text: &'a str, fields: &'a Map<String, Value>) -> Opened<'a> {
     let malformed =
         |detail: String| Opened::Refused(reject(RejectReason::MalformedEnvelope, detail));
     match kind_of(fields) {
@@ -163,7 +163,7 @@ pub(crate) fn open<'a>(text: &'a str, fields: &'a [(String, Value)]) -> Opened<'
 
 /// The string fields of an SNS (or EventBridge) envelope that ENVELOPE
 /// sources name.
-fn envelope_fields(fields: &[(String, Value)], sns: bool) -> EnvelopeFields {
+fn envelope_fields(fields: &Map<String, Value>, sns: bool) -> EnvelopeFields {
     EnvelopeField::ALL
         .iter()
         .filter(|(_, f)| f.is_sns() == sns)
@@ -184,7 +184,7 @@ pub fn inside(kind: Kind, r: Reject) -> Reject {
 }
 
 /// A hint for a body that was an envelope but was not unwrapped.
-pub(crate) fn not_unwrapped_hint(fields: &[(String, Value)]) -> Option<String> {
+pub(crate) fn not_unwrapped_hint(fields: &Map<String, Value>) -> Option<String> {
     kind_of(fields).map(|k| {
         format!(
             " (an {k}: {} is none)",

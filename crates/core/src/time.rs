@@ -20,7 +20,21 @@ pub fn utc_date(ms: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    format!("{y:04}-{m:02}-{d:02}")
+    if !(0..=9999).contains(&y) {
+        return format!("{y:04}-{m:02}-{d:02}");
+    }
+    // Four digits, two, two, without the formatting machinery (it runs for
+    // every login row).
+    let digit = |n: i64| char::from(b'0' + (n % 10) as u8);
+    let mut out = String::with_capacity(10);
+    for n in [y / 1000, y / 100, y / 10, y] {
+        out.push(digit(n));
+    }
+    out.push('-');
+    out.extend([digit(m / 10), digit(m)]);
+    out.push('-');
+    out.extend([digit(d / 10), digit(d)]);
+    out
 }
 
 /// A Unix time in milliseconds as an ISO 8601 UTC timestamp
@@ -49,6 +63,15 @@ mod tests {
     fn utc_dates() {
         assert_eq!(utc_date(0), "1970-01-01");
         assert_eq!(utc_date(1_670_000_000_000), "2022-12-02");
+        // the fast path's edges, against the formatter
+        for (ms, want) in [
+            (-62_167_219_200_000, "0000-01-01"),
+            (253_402_300_799_999, "9999-12-31"),
+            (253_402_300_800_000, "10000-01-01"),
+            (-62_167_219_200_001, "-001-12-31"),
+        ] {
+            assert_eq!(utc_date(ms), want);
+        }
         assert_eq!(utc_date(951_782_400_000), "2000-02-29");
         assert_eq!(utc_date(951_868_799_999), "2000-02-29");
         assert_eq!(utc_date(951_868_800_000), "2000-03-01");

@@ -40,12 +40,22 @@ const FORGET_SQL: &str = "DELETE FROM fetch_etl.processed_messages \
 
 /// What the ledger made of a batch's keys.
 pub(crate) struct Ledgered {
+    /// Every key was new (the common case; `new` and `deferred` are then
+    /// empty, not filled with copies of every key).
+    pub(crate) all_new: bool,
     /// Keys not seen before: store these.
     pub(crate) new: HashSet<String>,
     /// Keys another session holds uncommitted beyond
     /// fetch_etl.ledger_wait_timeout: leave these messages in the queue for
     /// a later drain.
     pub(crate) deferred: HashSet<String>,
+}
+
+impl Ledgered {
+    /// Whether `key` was not seen before.
+    pub(crate) fn is_new(&self, key: &str) -> bool {
+        self.all_new || self.new.contains(key)
+    }
 }
 
 /// The ledger's statements, prepared once per store (as the owner).
@@ -79,6 +89,7 @@ impl Ledger {
         sorted.sort_unstable();
         as_owner(self.owner, || {
             let mut out = Ledgered {
+                all_new: false,
                 new: HashSet::new(),
                 deferred: HashSet::new(),
             };
@@ -99,7 +110,7 @@ impl Ledger {
             let recorded = match insert(&self.fast, &sorted, wait) {
                 Ok(r) => {
                     r.or_raise_spi("ledger");
-                    out.new.extend(sorted.iter().map(|k| k.to_string()));
+                    out.all_new = true;
                     return out;
                 }
                 // Seen before, or committed by another session while we waited.

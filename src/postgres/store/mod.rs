@@ -15,6 +15,7 @@ mod ledger;
 mod targets;
 mod vault;
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 
 use pgrx::pg_sys::{self, PgOid};
@@ -172,41 +173,54 @@ impl Store {
         let prepared = self.prepare(&unique);
         // One key once per batch: a later message with an earlier one's key
         // (a redriven copy, a producer's retry) is a duplicate.
-        let mut first: HashMap<String, usize> = HashMap::with_capacity(prepared.len());
+        let mut first: HashMap<&str, usize> = HashMap::with_capacity(prepared.len());
         let mut dup_in_batch = 0i64;
         for (i, p) in prepared.iter().enumerate() {
-            if first.contains_key(&p.key) {
-                dup_in_batch += 1;
-            } else {
-                first.insert(p.key.clone(), i);
+            match first.entry(p.key.as_str()) {
+                Entry::Occupied(_) => dup_in_batch += 1,
+                Entry::Vacant(v) => {
+                    v.insert(i);
+                }
             }
         }
-        let keys: Vec<&str> = first.keys().map(String::as_str).collect();
+        let keys: Vec<&str> = first.keys().copied().collect();
         let mut ledgered =
             self.ledger
                 .record(client, &keys, run_id, settings::ledger_wait_timeout());
-        // message id -> key, for the FIFO rule (which speaks of messages)
-        let id_of = |k: &str| unique[first[k]].message_id.clone();
-        let new_ids: HashSet<String> = ledgered.new.iter().map(|k| id_of(k)).collect();
-        let deferred_ids: HashSet<String> = ledgered.deferred.iter().map(|k| id_of(k)).collect();
-        // FIFO: a group's later messages wait with a deferred one, in order.
-        let behind = behind_deferred(&unique, &new_ids, &deferred_ids);
-        if !behind.is_empty() {
-            let behind: HashSet<&str> = behind.iter().map(String::as_str).collect();
-            let keys: Vec<String> = ledgered
-                .new
-                .iter()
-                .filter(|k| behind.contains(id_of(k).as_str()))
-                .cloned()
+        // message id of a key, for the FIFO rule (which speaks of messages)
+        let id_of = |k: &str| unique[first[k]].message_id.as_str();
+        let deferred_ids: HashSet<String> = ledgered
+            .deferred
+            .iter()
+            .map(|k| id_of(k).to_string())
+            .collect();
+        if !deferred_ids.is_empty() && unique.iter().any(|m| m.group_id().is_some()) {
+            // FIFO: a group's later messages wait with a deferred one, in order.
+            let new_ids: HashSet<String> =
+                ledgered.new.iter().map(|k| id_of(k).to_string()).collect();
+            let behind: HashSet<String> = behind_deferred(&unique, &new_ids, &deferred_ids)
+                .into_iter()
                 .collect();
-            let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-            self.ledger.forget(client, &refs, run_id);
-            for k in keys {
-                ledgered.new.remove(&k);
-                ledgered.deferred.insert(k);
+            if !behind.is_empty() {
+                let keys: Vec<String> = ledgered
+                    .new
+                    .iter()
+                    .filter(|k| behind.contains(id_of(k)))
+                    .cloned()
+                    .collect();
+                let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+                self.ledger.forget(client, &refs, run_id);
+                for k in keys {
+                    ledgered.new.remove(&k);
+                    ledgered.deferred.insert(k);
+                }
             }
         }
-        let deferred: HashSet<String> = ledgered.deferred.iter().map(|k| id_of(k)).collect();
+        let deferred: HashSet<String> = ledgered
+            .deferred
+            .iter()
+            .map(|k| id_of(k).to_string())
+            .collect();
         if !deferred.is_empty() {
             pgrx::notice!(
                 "fetch_etl: {} messages are held by another session's uncommitted drain; left in the queue for a later drain",
@@ -220,17 +234,25 @@ impl Store {
         let known: Vec<&str> = keys
             .iter()
             .copied()
-            .filter(|k| !ledgered.new.contains(*k) && !ledgered.deferred.contains(*k))
+            .filter(|k| !ledgered.is_new(k) && !ledgered.deferred.contains(*k))
             .collect();
         let again = self.ledger.own(client, &known, run_id).len();
         counts.received -= again as i64;
         counts.received_again += again as i64;
         counts.duplicates += (known.len() - again) as i64 + dup_in_batch;
         // The new ones: rows, vault, dead letters.
+        let take: Vec<bool> = prepared
+            .iter()
+            .enumerate()
+            .map(|(i, p)| first.get(p.key.as_str()) == Some(&i) && ledgered.is_new(&p.key))
+            .collect();
+        drop(known);
+        drop(keys);
+        drop(first);
         let fresh: Vec<(usize, Prepared)> = prepared
             .into_iter()
             .enumerate()
-            .filter(|(i, p)| first.get(&p.key) == Some(i) && ledgered.new.contains(&p.key))
+            .filter(|(i, _)| take[*i])
             .collect();
         let outcome = self.write(client, fresh);
         counts.loaded += outcome.loaded.len() as i64;
@@ -385,8 +407,12 @@ mod tests {
             v.sort_unstable();
             v.join(",")
         };
-        assert_eq!(sorted(&first.new), "a,b");
+        // every key new: the fast path, no copies of the keys
+        assert!(first.all_new && first.new.is_empty());
+        assert!(first.is_new("a") && first.is_new("b"));
+        assert!(!second.all_new);
         assert_eq!(sorted(&second.new), "c,d");
+        assert!(!second.is_new("b"));
         assert!(first.deferred.is_empty() && second.deferred.is_empty());
         let expected: Vec<(String, i64)> = [("a", 1), ("b", 1), ("c", 2), ("d", 2)]
             .iter()

@@ -207,11 +207,7 @@ fn build_row(
         match row {
             Value::Object(o) => {
                 if !plan.fields.iter().any(|f| o.contains_key(f)) {
-                    let keys: Vec<&str> = if std::ptr::eq(row, &event.value) {
-                        event.keys.iter().map(String::as_str).collect()
-                    } else {
-                        o.keys().map(String::as_str).collect()
-                    };
+                    let keys: Vec<&str> = o.keys().map(String::as_str).collect();
                     return Err(unrecognized(plan, keys, event));
                 }
             }
@@ -234,7 +230,7 @@ fn build_row(
                     RejectReason::WrongType,
                     format!(
                         "{} must be {} or null, got {}",
-                        c.spec.field_name(),
+                        c.field,
                         want.name(),
                         json_kind(v)
                     ),
@@ -243,7 +239,7 @@ fn build_row(
         }
         if let Raw::Json(Value::String(s)) = &raw {
             if s.contains('\0') {
-                return Err(nul(&c.spec.field_name()));
+                return Err(nul(&c.field));
             }
         }
         raws.push(raw);
@@ -260,7 +256,7 @@ fn build_row(
             if c.spec.required {
                 return Err(reject(
                     RejectReason::MissingField,
-                    format!("{} is required", c.spec.field_name()),
+                    format!("{} is required", c.field),
                 ));
             }
             if let Some(d) = &c.spec.default {
@@ -306,10 +302,7 @@ fn extract<'a>(
         Ok(None) => Ok(Raw::Missing),
         Err(n) => Err(reject(
             RejectReason::WrongType,
-            format!(
-                "{} selects {n} values; a column takes one",
-                c.spec.field_name()
-            ),
+            format!("{} selects {n} values; a column takes one", c.field),
         )),
     };
     let text = |s: Option<&str>| s.map_or(Raw::Missing, |s| Raw::Text(s.to_string()));
@@ -398,7 +391,7 @@ fn convert(
     limits: &Limits,
     pairs: &mut Vec<(String, String)>,
 ) -> Result<Cell, Reject> {
-    let field = || c.spec.field_name();
+    let field = || c.field.as_str();
     let value: Option<String> = match raw {
         Raw::Missing | Raw::Json(Value::Null) => return Ok(Cell::Null),
         Raw::Int(n) if c.array == ArrayKind::Int8 => return Ok(Cell::Int(n)),
@@ -444,8 +437,9 @@ fn convert(
         None => value,
         Some(Transform::Version) => match c.target.kind {
             TypeKind::Int { min, max } => {
-                let n = transform::encode_version(&field(), &value)
-                    .map_err(|why| reject(RejectReason::BadAppVersion, why))?;
+                let n = transform::encode_version(&value).map_err(|why| {
+                    reject(RejectReason::BadAppVersion, why.describe(field(), &value))
+                })?;
                 if n < min || n > max {
                     return Err(reject(
                         RejectReason::BadAppVersion,
@@ -468,7 +462,7 @@ fn convert(
         })?,
     };
     if value.contains('\0') {
-        return Err(nul(&field()));
+        return Err(nul(field()));
     }
     if let TypeKind::Text {
         max_chars: Some(max),

@@ -2,7 +2,6 @@
 //! whose top-level keys are distinct, and unwrapped from SNS and EventBridge
 //! envelopes (with `fetch_etl.envelopes = auto`).
 
-use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{Deserializer, MapAccess, Visitor};
@@ -13,9 +12,12 @@ use crate::envelope::{self, EnvelopeAttributes, EnvelopeFields, Envelopes, Kind,
 use crate::reject::{json_kind, reject, truncate, Reject};
 use crate::settings;
 
-/// The top-level object as an ordered list of fields, so duplicate keys are
-/// seen (serde_json's map would silently keep the last one).
-pub(crate) struct Fields(pub(crate) Vec<(String, Value)>);
+/// The top-level object, and the first key it had twice (serde_json's map
+/// alone would silently keep the last value).
+pub(crate) struct Fields {
+    pub(crate) map: Map<String, Value>,
+    duplicate: Option<String>,
+}
 
 impl<'de> serde::Deserialize<'de> for Fields {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -26,11 +28,20 @@ impl<'de> serde::Deserialize<'de> for Fields {
                 f.write_str("a JSON object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
-                let mut out = Vec::new();
+                let mut out = Fields {
+                    map: Map::new(),
+                    duplicate: None,
+                };
+                // The map finds a repeated key as it inserts (no second index
+                // of the keys: linear in their number, as 100,000 keys need).
                 while let Some((k, v)) = map.next_entry::<String, Value>()? {
-                    out.push((k, v));
+                    if out.duplicate.is_none() && out.map.contains_key(&k) {
+                        out.duplicate = Some(k);
+                    } else {
+                        out.map.insert(k, v);
+                    }
                 }
-                Ok(Fields(out))
+                Ok(out)
             }
         }
         d.deserialize_map(V)
@@ -42,8 +53,6 @@ impl<'de> serde::Deserialize<'de> for Fields {
 pub struct Event {
     /// The event object.
     pub value: Value,
-    /// Its top-level keys, in the order they came (for messages).
-    pub keys: Vec<String>,
     /// The envelopes unwrapped, outermost first (empty: a bare event).
     pub envelopes: Vec<Kind>,
     /// Their fields kept with the row (`sqs_attributes`: `TopicArn`, ...).
@@ -72,16 +81,11 @@ pub(crate) fn parse_object(text: &str) -> Result<Fields, Reject> {
             });
         }
     };
-    // A hash set: linear in the number of keys (a list was quadratic: 100,000
-    // keys took seconds, with no way to cancel).
-    let mut seen: HashSet<&str> = HashSet::with_capacity(fields.0.len());
-    for (k, _) in &fields.0 {
-        if !seen.insert(k.as_str()) {
-            return Err(reject(
-                RejectReason::DuplicateField,
-                format!("field {:?} appears more than once", truncate(k, 40)),
-            ));
-        }
+    if let Some(k) = &fields.duplicate {
+        return Err(reject(
+            RejectReason::DuplicateField,
+            format!("field {:?} appears more than once", truncate(k, 40)),
+        ));
     }
     Ok(fields)
 }
@@ -105,15 +109,13 @@ pub fn open(body: &str, max_body_bytes: usize, envelopes: Envelopes) -> Result<E
     }
     let mut out = Event {
         value: Value::Null,
-        keys: Vec::new(),
         envelopes: Vec::new(),
         attributes: Vec::new(),
         fields: Vec::new(),
         hint: None,
     };
     let fields = open_layers(body, envelopes, &mut out)?;
-    out.keys = fields.0.iter().map(|(k, _)| k.clone()).collect();
-    out.value = Value::Object(fields.0.into_iter().collect::<Map<String, Value>>());
+    out.value = Value::Object(fields.map);
     Ok(out)
 }
 
@@ -122,7 +124,7 @@ pub fn open(body: &str, max_body_bytes: usize, envelopes: Envelopes) -> Result<E
 fn open_layers(text: &str, envelopes: Envelopes, out: &mut Event) -> Result<Fields, Reject> {
     let fields = parse_object(text)?;
     if envelopes == Envelopes::Auto && out.envelopes.len() < envelope::MAX_LAYERS {
-        match envelope::open(text, &fields.0) {
+        match envelope::open(text, &fields.map) {
             Opened::Bare => {}
             Opened::Refused(r) => return Err(r),
             Opened::Inner {
@@ -139,7 +141,7 @@ fn open_layers(text: &str, envelopes: Envelopes, out: &mut Event) -> Result<Fiel
         }
     }
     if envelopes == Envelopes::None {
-        out.hint = envelope::not_unwrapped_hint(&fields.0);
+        out.hint = envelope::not_unwrapped_hint(&fields.map);
     }
     Ok(fields)
 }

@@ -271,6 +271,31 @@ impl JsonPath {
     /// The one value the path selects, None when it selects nothing, and
     /// an error (how many) when it selects more than one.
     pub fn select_one<'a>(&self, root: &'a Value) -> Result<Option<&'a Value>, usize> {
+        // The common case, keys and indexes through objects and arrays:
+        // one value or none, without collecting (a drain does this for every
+        // column of every row).
+        let mut v = root;
+        let mut simple = true;
+        for step in &self.steps {
+            let next = match (step, v) {
+                (Step::Key(k), Value::Object(m)) => m.get(k),
+                (Step::Index(n), Value::Array(a)) => a.get(*n),
+                (Step::Last, Value::Array(a)) => a.last(),
+                (Step::Key(_), Value::Array(_)) | (Step::AnyElement | Step::AnyMember, _) => {
+                    simple = false;
+                    break;
+                }
+                (Step::Index(0) | Step::Last, other) => Some(other),
+                _ => None,
+            };
+            match next {
+                Some(n) => v = n,
+                None => return Ok(None),
+            }
+        }
+        if simple {
+            return Ok(Some(v));
+        }
         let mut found = self.select(root);
         match found.len() {
             0 => Ok(None),

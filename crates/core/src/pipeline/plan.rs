@@ -144,6 +144,8 @@ pub struct Planned {
     pub spec: ColumnSpec,
     pub target: TargetColumn,
     pub array: ArrayKind,
+    /// How reject reasons name the value (its path, or the column).
+    pub field: String,
 }
 
 /// A pipeline ready to run against its target.
@@ -358,6 +360,7 @@ pub fn plan(
             _ => ArrayKind::Text,
         };
         columns.push(Planned {
+            field: spec.field_name(),
             spec: spec.clone(),
             target: col.clone(),
             array,

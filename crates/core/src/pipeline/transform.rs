@@ -6,45 +6,71 @@ use super::spec::Transform;
 use crate::reject::quoted;
 use crate::time::iso_utc;
 
+/// Why a text is not a version [`encode_version`] can encode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionError {
+    NotDotted,
+    ComponentTooLarge,
+    AboveNinetyNine,
+    MajorTooLarge,
+}
+
+impl VersionError {
+    /// The reject detail for value `v` of `field`.
+    pub fn describe(self, field: &str, v: &str) -> String {
+        let v = quoted(v);
+        match self {
+            VersionError::NotDotted => format!(
+                "{field} {v} is not of the form major[.minor[.patch]] with decimal digits"
+            ),
+            VersionError::ComponentTooLarge => format!("{field} {v} has a component too large"),
+            VersionError::AboveNinetyNine => format!(
+                "{field} {v} has a minor or patch above 99, which major*10000+minor*100+patch cannot encode"
+            ),
+            VersionError::MajorTooLarge => format!("{field} {v} has a major version too large"),
+        }
+    }
+}
+
 /// `major*10000 + minor*100 + patch`: order-preserving for versions whose
 /// minor and patch are below 100 (`2.3` = `2.3.0` = 20300, `0.96` = 9600 >
-/// `0.9.6` = 906). `field` names the value in messages.
-pub fn encode_version(field: &str, v: &str) -> Result<i64, String> {
-    let parts: Vec<&str> = v.split('.').collect();
-    if v.is_empty()
-        || parts.len() > 3
-        || parts
-            .iter()
-            .any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
-    {
-        return Err(format!(
-            "{field} {} is not of the form major[.minor[.patch]] with decimal digits",
-            quoted(v)
-        ));
+/// `0.9.6` = 906). Allocates nothing (it runs for every login row).
+pub fn encode_version(v: &str) -> Result<i64, VersionError> {
+    let mut nums = [0u64; 3];
+    let (mut part, mut digits, mut too_large) = (0, 0, false);
+    for b in v.bytes() {
+        match b {
+            b'.' if digits > 0 && part < 2 => {
+                part += 1;
+                digits = 0;
+            }
+            b'0'..=b'9' => {
+                digits += 1;
+                match nums[part]
+                    .checked_mul(10)
+                    .and_then(|n| n.checked_add(u64::from(b - b'0')))
+                {
+                    Some(n) => nums[part] = n,
+                    None => too_large = true,
+                }
+            }
+            _ => return Err(VersionError::NotDotted),
+        }
     }
-    let nums: Vec<u64> = parts
-        .iter()
-        .map(|p| {
-            p.parse::<u64>()
-                .map_err(|_| format!("{field} {} has a component too large", quoted(v)))
-        })
-        .collect::<Result<_, _>>()?;
-    if nums.iter().skip(1).any(|&n| n > 99) {
-        return Err(format!(
-            "{field} {} has a minor or patch above 99, which major*10000+minor*100+patch cannot encode",
-            quoted(v)
-        ));
+    if digits == 0 {
+        return Err(VersionError::NotDotted);
     }
-    let major = nums[0];
+    if too_large {
+        return Err(VersionError::ComponentTooLarge);
+    }
+    let [major, minor, patch] = nums;
+    if minor > 99 || patch > 99 {
+        return Err(VersionError::AboveNinetyNine);
+    }
     if major > 100_000_000 {
-        return Err(format!(
-            "{field} {} has a major version too large",
-            quoted(v)
-        ));
+        return Err(VersionError::MajorTooLarge);
     }
-    Ok((major * 10_000
-        + nums.get(1).copied().unwrap_or(0) * 100
-        + nums.get(2).copied().unwrap_or(0)) as i64)
+    Ok((major * 10_000 + minor * 100 + patch) as i64)
 }
 
 /// The transforms other than `version` (which depends on the column).
@@ -80,7 +106,7 @@ mod tests {
 
     #[test]
     fn app_version_encoding() {
-        let e = |v| encode_version("app_version", v);
+        let e = |v| encode_version(v).map_err(|w| w.describe("app_version", v));
         assert_eq!(e("2.3.0"), Ok(20300));
         assert_eq!(e("2.3"), Ok(20300));
         assert_eq!(e("0.96"), Ok(9600));
@@ -98,6 +124,16 @@ mod tests {
             assert!(e(bad).is_err(), "{bad:?}");
         }
         assert_eq!(
+            e("99999999999999999999999").unwrap_err(),
+            "app_version \"99999999999999999999999\" has a component too large"
+        );
+        assert_eq!(e("99999999999999999999999.x").unwrap_err(), "app_version \"99999999999999999999999.x\" is not of the form major[.minor[.patch]] with decimal digits");
+        assert_eq!(e("1.100").unwrap_err(), "app_version \"1.100\" has a minor or patch above 99, which major*10000+minor*100+patch cannot encode");
+        assert_eq!(
+            e("100000001").unwrap_err(),
+            "app_version \"100000001\" has a major version too large"
+        );
+        assert_eq!(
             e("1.2.3.4").unwrap_err(),
             "app_version \"1.2.3.4\" is not of the form major[.minor[.patch]] with decimal digits"
         );
@@ -110,7 +146,7 @@ mod tests {
         let mut versions: Vec<(String, i64)> = records
             .iter()
             .filter_map(|r| r.get("app_version").and_then(|v| v.as_str()))
-            .map(|v| (v.to_string(), encode_version("app_version", v).unwrap()))
+            .map(|v| (v.to_string(), encode_version(v).unwrap()))
             .collect();
         assert_eq!(versions.len(), 99);
         versions.sort_by_key(|(v, _)| {
@@ -145,10 +181,22 @@ mod tests {
     }
 
     proptest! {
+        /// Every dotted version in range encodes to its formula, however
+        /// many parts it gives.
+        #[test]
+        fn a_dotted_version_encodes_to_its_formula(a in 0u64..=100_000_000, b in 0u64..100, c in 0u64..100) {
+            let want = (a * 10_000 + b * 100 + c) as i64;
+            prop_assert_eq!(encode_version(&format!("{a}.{b}.{c}")), Ok(want));
+            prop_assert_eq!(encode_version(&format!("{a}.{b}")), Ok(want - c as i64));
+            prop_assert_eq!(encode_version(&format!("{a}")), Ok((a * 10_000) as i64));
+        }
+
         /// Any text either encodes or is refused with a reason: no panic.
         #[test]
         fn any_version_text_converts_or_is_refused(v in ".{0,24}") {
-            let _ = encode_version("v", &v);
+            if let Err(w) = encode_version(&v) {
+                prop_assert!(!w.describe("v", &v).is_empty());
+            }
             for t in [Transform::EpochSeconds, Transform::EpochMillis, Transform::Lower, Transform::Trim] {
                 let _ = apply(t, &v);
             }
