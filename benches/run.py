@@ -13,6 +13,8 @@ Started by scripts/bench, which provides the cluster, fauxqs and the tools.
      CPU per message, after checking that both load the real sample alike
   7. the backend's CPU per message: /proc over a drain (with 2), and
      callgrind's instruction count per message of the store path (repeatable)
+  8. pipelines: a 20-column pipeline of nested paths and types, and a
+     10-element Records explosion, against the login pipeline in the same run
 """
 import argparse
 import contextlib
@@ -74,6 +76,61 @@ def login_bodies(n, seed):
         }
         out.append(json.dumps(rec))
     return out
+
+
+def order_bodies(n, seed):
+    """n order events of nested objects, numbers, booleans, times, an IP and arrays."""
+    rnd = random.Random(seed)
+    out = []
+    for i in range(n):
+        out.append(json.dumps({
+            "event_id": str(uuid.UUID(int=rnd.getrandbits(128), version=4)),
+            "type": "OrderPlaced",
+            "placed_at": f"2026-12-0{1 + i % 7}T{i % 24:02d}:{i % 60:02d}:00Z",
+            "order": {"id": i, "total": f"{rnd.randrange(100000) / 100:.2f}", "currency": "USD",
+                      "paid": rnd.random() > 0.1, "coupon": None if i % 3 else "WINTER",
+                      "items": [{"sku": f"sku-{rnd.randrange(1000)}", "qty": 1 + rnd.randrange(3)}
+                                for _ in range(1 + i % 3)]},
+            "customer": {"id": rnd.randrange(10**6), "email": f"user{rnd.randrange(10**6)}@example.com",
+                         "country": rnd.choice(["US", "DE", "FR", "BR", "IN"]),
+                         "address": {"city": "Springfield", "zip": f"{rnd.randrange(100000):05d}"}},
+            "client": {"ip": ".".join(str(rnd.randrange(256)) for _ in range(4)), "agent": "app/2.3.0",
+                       "tags": ["mobile", "eu"] if i % 2 else ["web"]},
+        }))
+    return out
+
+
+ORDERS_DDL = """CREATE TABLE bench_orders (event_id uuid, type text, placed_at timestamptz, order_id bigint,
+    total numeric(12,2), currency text, paid boolean, coupon text, items jsonb, item_count integer,
+    customer_id bigint, email text, country text, city text, zip text, ip inet, agent text, tags text[],
+    first_sku text, message_id text)"""
+ORDERS_COLUMNS = """event_id PATH '$.event_id' REQUIRED, type PATH '$.type', placed_at PATH '$.placed_at',
+    order_id PATH '$.order.id', total PATH '$.order.total', currency PATH '$.order.currency',
+    paid PATH '$.order.paid' BOOLEAN, coupon PATH '$.order.coupon', items PATH '$.order.items',
+    item_count PATH '$.order.items[last].qty', customer_id PATH '$.customer.id',
+    email PATH '$.customer.email' MASKED, country PATH '$.customer.country',
+    city PATH '$.customer.address.city', zip PATH '$.customer.address.zip', ip PATH '$.client.ip',
+    agent PATH '$.client.agent', tags PATH '$.client.tags', first_sku PATH '$.order.items[0].sku',
+    message_id MESSAGE message_id"""
+
+
+def s3_bodies(n, seed, records=10):
+    """n S3 notifications of `records` ObjectCreated records each."""
+    rnd = random.Random(seed)
+    return [json.dumps({"Records": [
+        {"eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
+         "eventTime": f"2026-12-07T12:{j:02d}:00.000Z", "eventName": "ObjectCreated:Put",
+         "requestParameters": {"sourceIPAddress": ".".join(str(rnd.randrange(256)) for _ in range(4))},
+         "s3": {"bucket": {"name": "photos"}, "object": {"key": f"k/{i}/{j}.jpg", "size": rnd.randrange(10**7),
+                                                          "sequencer": f"{rnd.getrandbits(64):016X}"}}}
+        for j in range(records)]}) for i in range(n)]
+
+
+S3_DDL = """CREATE TABLE bench_s3 (bucket text, key text, size bigint, event_time timestamptz, source_ip text,
+    sequencer text)"""
+S3_COLUMNS = """bucket PATH '$.s3.bucket.name', key PATH '$.s3.object.key' REQUIRED, size PATH '$.s3.object.size',
+    event_time PATH '$.eventTime', source_ip PATH '$.requestParameters.sourceIPAddress' MASKED,
+    sequencer PATH '$.s3.object.sequencer'"""
 
 
 class Emulator:
@@ -499,6 +556,77 @@ class Bench:
         self.rows.append(("5c. (context) the same vs COPY of the final rows into the target alone",
                           rate(store_s), rate(copy_s), f"{copy_s / store_s:.2f}", "-", "-"))
 
+    # 8 -------------------------------------------------------------------
+    def pipeline_rate(self, url, n, pipeline, conc):
+        """(messages/s, backend CPU seconds) of one sqs_drain of `n` messages through `pipeline`."""
+        with self.conn(**{"fetch_etl.receive_concurrency": conc}) as c:
+            pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
+            before = cpu_seconds(pid)
+            t = time.perf_counter()
+            row = c.execute("SELECT * FROM fetch_etl.sqs_drain(%s, max_messages => %s, visibility_timeout => 600,"
+                            " pipeline => %s)", (url, n + 100, pipeline)).fetchone()
+            elapsed = time.perf_counter() - t
+            cpu = cpu_seconds(pid) - before
+        assert row[2] == n, (row, n)
+        return n / elapsed, cpu
+
+    def pipelines(self):
+        n, conc, rounds = self.args.pipeline_messages, self.args.concurrency, self.args.e2e_rounds
+        with psycopg.connect(self.dsn, autocommit=True) as c:
+            c.execute("DROP TABLE IF EXISTS bench_orders, bench_s3, user_logins_p")
+            c.execute(ORDERS_DDL)
+            c.execute(S3_DDL)
+            c.execute(TABLE_DDL.format(name="user_logins_p"))
+            for name in ("bench_orders", "bench_s3"):
+                c.execute("SELECT fetch_etl.drop_pipeline(%s, if_exists => true)", (name,))
+            c.execute("SELECT fetch_etl.create_pipeline('bench_orders', 'bench_orders', %s, idempotency => '$.event_id')",
+                      (ORDERS_COLUMNS,))
+            c.execute("SELECT fetch_etl.create_pipeline('bench_s3', 'bench_s3', %s, rows => '$.Records[*]')",
+                      (S3_COLUMNS,))
+        logins, s3 = login_bodies(n, seed=11), s3_bodies(n // 10, seed=13)
+        login_r, order_r, s3_r, login_us, order_us, s3_us = [], [], [], [], [], []
+        for r in range(rounds):
+            log(f"round {r + 1}/{rounds}: {n:,} logins, {n:,} orders, {n // 10:,} S3 notifications of 10 records")
+            # (new event ids each round: the orders pipeline is keyed by them)
+            orders = order_bodies(n, seed=12 + r)
+            q_login, q_orders, q_s3 = self.emu.queue(logins), self.emu.queue(orders), self.emu.queue(s3)
+            with psycopg.connect(self.dsn, autocommit=True) as c:
+                c.execute("TRUNCATE user_logins_p, bench_orders, bench_s3")
+            with self.conn(**{"fetch_etl.receive_concurrency": conc}) as c:
+                pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
+                before = cpu_seconds(pid)
+                t = time.perf_counter()
+                row = c.execute("SELECT * FROM fetch_etl.sqs_drain(%s, max_messages => %s, visibility_timeout => 600,"
+                                " target_table => 'user_logins_p')", (q_login, n + 100)).fetchone()
+                login_r.append(n / (time.perf_counter() - t))
+                login_us.append((cpu_seconds(pid) - before) / n * 1e6)
+                assert row[2] == n, row
+            rate, cpu = self.pipeline_rate(q_orders, n, "bench_orders", conc)
+            order_r.append(rate)
+            order_us.append(cpu / n * 1e6)
+            rate, cpu = self.pipeline_rate(q_s3, n // 10, "bench_s3", conc)
+            s3_r.append(rate * 10)  # rows/s
+            s3_us.append(cpu / n * 1e6)  # per row
+            log(f"  login {login_r[-1]:,.0f} msg/s ({login_us[-1]:.1f} us/row); orders {order_r[-1]:,.0f} msg/s"
+                f" ({order_us[-1]:.1f} us/row); S3 {s3_r[-1]:,.0f} rows/s ({s3_us[-1]:.1f} us/row)")
+        with psycopg.connect(self.dsn, autocommit=True) as c:
+            got = c.execute("SELECT (SELECT count(*) FROM bench_orders), (SELECT count(*) FROM bench_s3)").fetchone()
+        assert got == (n, n), got  # the last round's rows
+        med = statistics.median
+        self.rows.append((f"8a. 20-column pipeline (nested paths; uuid, timestamptz, numeric, boolean, jsonb, inet,"
+                          f" text[], a mask) vs the login pipeline, one drain of {n:,}, median of {rounds}",
+                          f"{med(order_r):,.0f} msg/s, {med(order_us):.1f} us/row",
+                          f"{med(login_r):,.0f} msg/s, {med(login_us):.1f} us/row",
+                          f"{med(order_r) / med(login_r):.2f}", "-", "-"))
+        self.rows.append((f"8b. Records explosion: {n // 10:,} S3 notifications of 10 records (6 columns, a mask) vs"
+                          f" the login pipeline's rows, median of {rounds}",
+                          f"{med(s3_r):,.0f} rows/s, {med(s3_us):.1f} us/row",
+                          f"{med(login_r):,.0f} rows/s, {med(login_us):.1f} us/row",
+                          f"{med(s3_r) / med(login_r):.2f}", "-", "-"))
+        with psycopg.connect(self.dsn, autocommit=True) as c:
+            c.execute("SELECT fetch_etl.drop_pipeline('bench_orders'), fetch_etl.drop_pipeline('bench_s3')")
+            c.execute("DROP TABLE bench_orders, bench_s3, user_logins_p")
+
     # 7b ------------------------------------------------------------------
     def instructions(self):
         """Instructions per message of the store path (bench_store, the same
@@ -653,7 +781,8 @@ def main() -> int:
     ap.add_argument("--output", help="write the table here (markdown)")
     ap.add_argument("--batch-size", type=int, help="fetch_etl.batch_size for every drain (default: the server's)")
     ap.add_argument("--quick", action="store_true", help="smaller sizes, for trying the script")
-    ap.add_argument("--only", help="comma-separated: masking,end_to_end,profile,latency,memory,in_db_vs_copy,instructions")
+    ap.add_argument("--only", help="comma-separated: masking,end_to_end,profile,latency,memory,in_db_vs_copy,"
+                                   "instructions,pipelines")
     ap.add_argument("--pgbin", required=True, help="the cluster's PostgreSQL bin directory (for callgrind)")
     ap.add_argument("--pgdata", required=True, help="the cluster's data directory (for callgrind)")
     args = ap.parse_args()
@@ -669,10 +798,11 @@ def main() -> int:
     args.delay_ms = 20.0
     args.memory_messages = 5_000 if q else 50_000
     args.store_rows = 10_000 if q else 100_000
+    args.pipeline_messages = 1_000 if q else 10_000
     args.callgrind_rows = (200, 1_200) if q else (1_000, 4_000)
 
     b = Bench(args)
-    steps = ["masking", "end_to_end", "profile", "latency", "memory", "in_db_vs_copy", "instructions"]
+    steps = ["masking", "end_to_end", "profile", "latency", "memory", "in_db_vs_copy", "instructions", "pipelines"]
     if args.only:
         steps = [s for s in steps if s in args.only.split(",")]
     for step in steps:

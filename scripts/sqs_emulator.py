@@ -3,7 +3,7 @@
     serve --port P [--host H] [--auth]      run moto (foreground)
     seed --endpoint URL --queue NAME --file JSON [--key K --secret S]
                                             create the queue, send one message per record
-    create-key --endpoint URL               (with --auth) create an IAM user allowed sqs:*, sns:*, events:*,
+    create-key --endpoint URL               (with --auth) create an IAM user allowed sqs:*, sns:*, events:*, s3:*,
                                             print "ACCESS_KEY_ID SECRET_ACCESS_KEY"
     depth --endpoint URL --queue NAME       print visible and in-flight message counts
 
@@ -88,7 +88,7 @@ def create_key(args: argparse.Namespace) -> None:
         UserName="fetch-etl",
         PolicyName="sqs",
         PolicyDocument=json.dumps(
-            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": ["sqs:*", "sns:*", "events:*", "iam:*", "sts:AssumeRole"], "Resource": "*"}]}
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": ["sqs:*", "sns:*", "events:*", "s3:*", "iam:*", "sts:AssumeRole"], "Resource": "*"}]}
         ),
     )
     key = iam.create_access_key(UserName="fetch-etl")["AccessKey"]

@@ -174,6 +174,8 @@ CREATE TABLE fetch_etl.drain_runs (
     -- or 'key …' and the access key id's last 4 characters. Never a secret.
     credential_source   text,
     credential_identity text,
+    -- the pipeline or router the run used (0.6.0; NULL before)
+    pipeline       text,
     CHECK (received = loaded + rejected + duplicates)
 );
 ALTER SEQUENCE fetch_etl.drain_runs_run_id_seq OWNED BY fetch_etl.drain_runs.run_id;
@@ -213,7 +215,11 @@ CREATE TABLE fetch_etl.dead_letters (
     -- fetch_etl.dead_letter_max_body_bytes are kept (a cut body is never
     -- replayed) (0.5.0; NULL and false before)
     body_bytes     integer,
-    body_truncated boolean     NOT NULL DEFAULT false
+    body_truncated boolean     NOT NULL DEFAULT false,
+    -- the pipeline or router of the drain that refused it, which its replay
+    -- runs again, and its id (0.6.0; NULL before: the login pipeline)
+    pipeline       text,
+    pipeline_id    bigint
 );
 ALTER SEQUENCE fetch_etl.dead_letters_id_seq OWNED BY fetch_etl.dead_letters.dead_letter_id;
 CREATE INDEX dead_letters_run ON fetch_etl.dead_letters (run_id);
@@ -247,3 +253,74 @@ CREATE TABLE fetch_etl.queue_locks (
 );
 COMMENT ON TABLE fetch_etl.queue_locks IS 'fetch_etl: one lockable row per queue (normalised URL); owner only.';
 REVOKE ALL ON TABLE fetch_etl.queue_locks FROM PUBLIC;
+
+-- Pipelines and routers (0.6.0): how each message of a queue becomes rows of
+-- a table (docs/pipelines.md). Changed only through create_pipeline,
+-- create_router and drop_pipeline, which check who may; read by drains as the
+-- owner; listed by the view fetch_etl.pipelines. A pipeline's rows are
+-- inserted with its owner's privileges.
+CREATE SEQUENCE fetch_etl.pipeline_definitions_id_seq;
+CREATE TABLE fetch_etl.pipeline_definitions (
+    name          text        COLLATE "C" PRIMARY KEY CHECK (name ~ '^[a-z][a-z0-9_]{0,62}$'),
+    -- never reused: ledger keys and dead letters name a pipeline by it, so one
+    -- dropped and made again under its name (by anyone) inherits neither
+    id            bigint      NOT NULL UNIQUE DEFAULT pg_catalog.nextval('fetch_etl.pipeline_definitions_id_seq'),
+    kind          text        NOT NULL CHECK (kind IN ('pipeline', 'router')),
+    owner         regrole     NOT NULL,
+    -- a pipeline: its table (NULL: the drain's target_table, for the built-in
+    -- login pipeline), its column list as create_pipeline stored it, one row per
+    -- element of rows_path, and what makes a message the same event as one
+    -- loaded before
+    target        regclass,
+    columns       text,
+    rows_path     text,
+    idempotency   text        NOT NULL DEFAULT 'message_id',
+    -- a router: the value it routes by, value -> pipeline, and the pipeline for
+    -- values no route names (NULL: dead letters, no_route)
+    route_by      text,
+    routes        jsonb,
+    otherwise     text,
+    -- the reject reason of an event with none of the pipeline's fields, and the
+    -- columns of a target table created when missing (the login pipeline's)
+    unrecognized  text        NOT NULL DEFAULT 'unrecognized_event',
+    create_table  text,
+    builtin       boolean     NOT NULL DEFAULT false,
+    created_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    updated_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    CHECK (CASE kind WHEN 'pipeline' THEN columns IS NOT NULL AND route_by IS NULL AND routes IS NULL
+                                          AND otherwise IS NULL AND (target IS NOT NULL OR builtin)
+                     ELSE route_by IS NOT NULL AND routes IS NOT NULL AND columns IS NULL
+                          AND target IS NULL AND rows_path IS NULL END)
+);
+ALTER SEQUENCE fetch_etl.pipeline_definitions_id_seq OWNED BY fetch_etl.pipeline_definitions.id;
+COMMENT ON TABLE fetch_etl.pipeline_definitions IS
+    'fetch_etl: pipelines and routers (changed through create_pipeline, create_router, drop_pipeline; listed by fetch_etl.pipelines); owner only.';
+REVOKE ALL ON TABLE fetch_etl.pipeline_definitions FROM PUBLIC;
+-- Users' pipelines go into pg_dump (the built-in one comes with the extension),
+-- those whose owner role or table still exists: a dropped one's regrole or
+-- regclass would be dumped as a bare OID, which a restore could give to another.
+SELECT pg_catalog.pg_extension_config_dump('fetch_etl.pipeline_definitions',
+    'WHERE NOT builtin AND EXISTS (SELECT FROM pg_catalog.pg_roles AS r WHERE r.oid OPERATOR(pg_catalog.=) owner::pg_catalog.oid)'
+    ' AND (target IS NULL OR EXISTS (SELECT FROM pg_catalog.pg_class AS c WHERE c.oid OPERATOR(pg_catalog.=) target::pg_catalog.oid))');
+SELECT pg_catalog.pg_extension_config_dump('fetch_etl.pipeline_definitions_id_seq', '');
+
+-- The built-in pipeline: the Fetch Rewards exercise's login events, what
+-- sqs_drain(queue_url) runs (fetch_etl_core::pipeline::login has the same text;
+-- a test checks).
+INSERT INTO fetch_etl.pipeline_definitions
+    (name, kind, owner, target, columns, idempotency, unrecognized, create_table, builtin)
+SELECT 'login', 'pipeline', e.extowner::pg_catalog.regrole, NULL,
+       $columns$user_id text PATH '$.user_id' STRING REQUIRED,
+device_type text PATH '$.device_type' STRING,
+masked_ip PATH '$.ip' STRING MASKED,
+locale text PATH '$.locale' STRING,
+masked_device_id PATH '$.device_id' STRING MASKED,
+app_version PATH '$.app_version' STRING USING version,
+create_date MESSAGE sent_date,
+sqs_message_id MESSAGE message_id IF EXISTS,
+sqs_sent_at MESSAGE sent_at IF EXISTS,
+sqs_attributes MESSAGE attributes IF EXISTS$columns$,
+       'message_id', 'not_login_event',
+       $ddl$user_id varchar(128), device_type varchar(32), masked_ip varchar(256), masked_device_id varchar(256), locale varchar(32), app_version integer, create_date date$ddl$,
+       true
+  FROM pg_catalog.pg_extension AS e WHERE e.extname = 'fetch_etl';

@@ -126,7 +126,8 @@ CREATE PROCEDURE fetch_etl.sqs_drain_for(
     wait_seconds integer  DEFAULT 20,
     target_table text     DEFAULT 'user_logins',
     max_messages integer  DEFAULT 1000,
-    on_error     text     DEFAULT 'raise'
+    on_error     text     DEFAULT 'raise',
+    pipeline     text     DEFAULT NULL
 )
     LANGUAGE plpgsql
 AS $$
@@ -149,13 +150,13 @@ BEGIN
         -- Every argument typed: no overload can be a better match.
         SELECT * INTO r FROM fetch_etl.sqs_drain(queue_url::pg_catalog.text, max_messages::integer,
             pg_catalog.int4smaller(wait_seconds, pg_catalog.int4larger(left_s OPERATOR(pg_catalog.-) 1, 0))::integer,
-            target_table::pg_catalog.text, NULL::integer, on_error::pg_catalog.text);
+            target_table::pg_catalog.text, NULL::integer, on_error::pg_catalog.text, pipeline::pg_catalog.text);
         COMMIT;
         EXIT WHEN r.run_id IS NULL;  -- another session is draining this queue
     END LOOP;
 END
 $$;
-COMMENT ON PROCEDURE fetch_etl.sqs_drain_for(text, interval, integer, text, integer, text) IS
+COMMENT ON PROCEDURE fetch_etl.sqs_drain_for(text, interval, integer, text, integer, text, text) IS
     'Drain repeatedly for up to time_budget, committing after each sqs_drain call (for pg_cron).';
 
 -- Per-queue health at a glance, from the run records.
@@ -182,12 +183,33 @@ GROUP BY r.queue_url;
 COMMENT ON VIEW fetch_etl.queue_health IS
     'fetch_etl: per-queue last run, last error, recent volume and rate, dead letters pending. GRANT SELECT to monitoring roles.';
 
-COMMENT ON FUNCTION fetch_etl.sqs_drain(text, integer, integer, text, integer, text) IS
-    'Drain login events from an SQS queue into target_table: masked rows, dead letters, deletes after COMMIT.';
+COMMENT ON FUNCTION fetch_etl.sqs_drain(text, integer, integer, text, integer, text, text) IS
+    'Drain an SQS queue through a pipeline (default: the login events into target_table): masked rows, dead letters, deletes after COMMIT.';
 COMMENT ON FUNCTION fetch_etl.queue_depth(text) IS
     'Approximate visible, in-flight and delayed messages of a queue (SQS GetQueueAttributes).';
-COMMENT ON FUNCTION fetch_etl.replay_dead_letters(text, text, text, integer, boolean) IS
-    'Run dead letters of target_table (any_target: of any table) through validation and the target table again; loaded ones are marked replayed.';
+COMMENT ON FUNCTION fetch_etl.replay_dead_letters(text, text, text, integer, boolean, text) IS
+    'Run dead letters through their pipeline and table again (the login pipeline''s: those of target_table, any_target: of any table); loaded ones are marked replayed.';
+COMMENT ON FUNCTION fetch_etl.create_pipeline(text, text, text, text, text, boolean) IS
+    'Create (replace) a pipeline: how each message becomes rows of target. Owned by the caller; its rows are inserted with the owner''s privileges.';
+COMMENT ON FUNCTION fetch_etl.create_router(text, text, jsonb, text, boolean) IS
+    'Create (replace) a router: each message goes to the pipeline its route_by value names in routes, else otherwise, else no_route.';
+COMMENT ON FUNCTION fetch_etl.drop_pipeline(text, boolean) IS
+    'Drop a pipeline or router (its owner or a superuser); false if there was none and if_exists.';
+
+-- The pipelines and routers a role may drain: its own and its roles' (a
+-- superuser: all), and the built-in ones.
+CREATE VIEW fetch_etl.pipelines WITH (security_barrier) AS
+SELECT d.name, d.kind, d.owner, d.target, d.columns, d.rows_path AS rows, d.idempotency,
+       d.route_by, d.routes, d.otherwise, d.builtin, d.created_at, d.updated_at
+  FROM fetch_etl.pipeline_definitions AS d
+ WHERE d.builtin
+    OR EXISTS (SELECT FROM pg_catalog.pg_roles AS r
+                WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER AND r.rolsuper)
+    OR CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_roles AS r
+                          WHERE r.oid OPERATOR(pg_catalog.=) d.owner::pg_catalog.oid)
+            THEN pg_catalog.pg_has_role(d.owner::pg_catalog.oid, 'USAGE') ELSE false END;
+COMMENT ON VIEW fetch_etl.pipelines IS
+    'fetch_etl: the pipelines and routers the current role may drain (its own and its roles''; a superuser: all). GRANT SELECT to pipeline authors.';
 
 -- Secure by default: nothing here is callable by PUBLIC. mask_pii answers
 -- "what is the mask of X?", which lets a caller test guesses, so it is
@@ -199,10 +221,15 @@ REVOKE ALL ON FUNCTION fetch_etl.rotate_mask_key() FROM PUBLIC;
 REVOKE ALL ON FUNCTION fetch_etl.set_mask_key(bytea) FROM PUBLIC;
 REVOKE ALL ON FUNCTION fetch_etl.mask_keys_changed() FROM PUBLIC;
 -- These make the server send HTTP requests with its AWS credentials.
-REVOKE ALL ON FUNCTION fetch_etl.sqs_drain(text, integer, integer, text, integer, text) FROM PUBLIC;
-REVOKE ALL ON PROCEDURE fetch_etl.sqs_drain_for(text, interval, integer, text, integer, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION fetch_etl.sqs_drain(text, integer, integer, text, integer, text, text) FROM PUBLIC;
+REVOKE ALL ON PROCEDURE fetch_etl.sqs_drain_for(text, interval, integer, text, integer, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION fetch_etl.queue_depth(text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION fetch_etl.replay_dead_letters(text, text, text, integer, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION fetch_etl.replay_dead_letters(text, text, text, integer, boolean, text) FROM PUBLIC;
+-- Pipelines are created by the roles a DBA grants these to (docs/pipelines.md).
+REVOKE ALL ON FUNCTION fetch_etl.create_pipeline(text, text, text, text, text, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION fetch_etl.create_router(text, text, jsonb, text, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION fetch_etl.drop_pipeline(text, boolean) FROM PUBLIC;
+REVOKE ALL ON TABLE fetch_etl.pipelines FROM PUBLIC;
 REVOKE ALL ON FUNCTION fetch_etl.prune(interval, interval, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION fetch_etl.dead_letter_retention() FROM PUBLIC;
 REVOKE ALL ON TABLE fetch_etl.queue_health FROM PUBLIC;

@@ -55,6 +55,8 @@ pub(crate) struct Args<'a> {
     pub(crate) target_table: &'a str,
     pub(crate) visibility_timeout: Option<i32>,
     pub(crate) on_error: OnError,
+    /// The pipeline or router (None: the built-in login pipeline).
+    pub(crate) pipeline: Option<&'a str>,
 }
 
 impl Args<'_> {
@@ -65,6 +67,7 @@ impl Args<'_> {
             target_table: target,
             max_messages: self.max_messages,
             wait_seconds: self.wait_seconds,
+            pipeline: self.pipeline,
         }
     }
 }
@@ -109,7 +112,7 @@ pub(crate) fn drain(args: Args<'_>) -> Summary {
 fn run(args: &Args<'_>, owner: pg_sys::Oid, queue: QueueRef) -> Summary {
     let started = Instant::now();
     check_encoding();
-    let loaded = pipelines::login_into(args.target_table);
+    let loaded = pipelines::load(args.pipeline, args.target_table);
     let store = Store::open(loaded.pipelines, &loaded.targets, owner);
     let (client, credentials) = aws::client(queue, store.wants_message_attributes());
     let targets = store.target_names();
@@ -284,7 +287,7 @@ fn store_batch(ctx: &mut Ctx<'_>, msgs: Vec<Message>, summary: &mut Summary) {
 /// fetch_etl.batch_size, and returns how many rows were loaded.
 #[cfg(feature = "bench-tools")]
 pub(crate) fn bench_store(bodies: Vec<String>, target_table: &str) -> i64 {
-    let loaded = pipelines::login_into(target_table);
+    let loaded = pipelines::load(None, target_table);
     let mut store = Store::open(loaded.pipelines, &loaded.targets, extension_owner());
     let batch = settings::batch_size();
     let tag = fetch_etl_core::time::now_ms();
@@ -350,7 +353,7 @@ mod tests {
 
     #[pg_test]
     fn target_is_created_with_the_exercise_ddl() {
-        let loaded = crate::postgres::pipelines::login_into("pgtest_logins");
+        let loaded = crate::postgres::pipelines::load(None, "pgtest_logins");
         let plan = &loaded.pipelines.plans[0];
         assert_eq!(plan.target, "public.pgtest_logins");
         let col = |n: &str| plan.columns.iter().find(|c| c.target.name == n).unwrap();

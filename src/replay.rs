@@ -24,6 +24,8 @@ use pgrx::prelude::*;
 use fetch_etl_core::budget::{byte_runs, REPLAY_PAGE_ROWS, STORE_FLUSH_BYTES};
 use fetch_etl_sqs::Message;
 
+use fetch_etl_core::pipeline::login::LOGIN;
+
 use crate::postgres::error::{OrRaise, SpiOrRaise};
 use crate::postgres::pipelines;
 use crate::postgres::spi::{as_owner, extension_owner};
@@ -36,32 +38,50 @@ pub(crate) struct Replayed {
     pub(crate) rejected: i64,
 }
 
-pub(crate) fn replay(
-    queue_url: Option<&str>,
-    reason_code: Option<&str>,
-    target_table: &str,
-    max_rows: i32,
-    any_target: bool,
-) -> Replayed {
-    fetch_etl_core::args::check_replay(max_rows).or_raise();
+/// `replay_dead_letters`' arguments.
+pub(crate) struct Args<'a> {
+    pub(crate) queue_url: Option<&'a str>,
+    pub(crate) reason_code: Option<&'a str>,
+    pub(crate) target_table: &'a str,
+    pub(crate) max_rows: i32,
+    pub(crate) any_target: bool,
+    /// The pipeline or router whose dead letters to replay (None: the
+    /// built-in login pipeline's, into `target_table`).
+    pub(crate) pipeline: Option<&'a str>,
+}
+
+pub(crate) fn replay(args: &Args<'_>) -> Replayed {
+    fetch_etl_core::args::check_replay(args.max_rows).or_raise();
     let owner = extension_owner();
-    let loaded = pipelines::login_into(target_table);
+    let loaded = pipelines::load(args.pipeline, args.target_table);
     let mut store = Store::open(loaded.pipelines, &loaded.targets, owner);
     let target = store.target_names();
+    let catalog = store.catalog();
+    // The login pipeline's dead letters are those of its table (before
+    // 0.6.0 they name no pipeline); another pipeline's or router's are its
+    // own, whatever table they were meant for.
+    let builtin = args.pipeline.is_none_or(|p| p == LOGIN);
     let mut done = Replayed::default();
     loop {
-        let left = i64::from(max_rows) - done.replayed;
+        let left = i64::from(args.max_rows) - done.replayed;
         if left <= 0 {
             break;
         }
         let page = lock_page(
             owner,
             &Filter {
-                queue_url,
-                reason_code,
-                any_target,
-                target: &target,
-                cut_bodies_marked: store.catalog_050(),
+                queue_url: args.queue_url,
+                reason_code: args.reason_code,
+                any_target: args.any_target && builtin,
+                target: builtin.then_some(target.as_str()),
+                pipeline: (catalog >= (0, 6, 0)).then(|| {
+                    if builtin {
+                        PipelineFilter::Login
+                    } else {
+                        PipelineFilter::Id(store.pipeline_id())
+                    }
+                }),
+                cut_bodies_marked: catalog >= (0, 5, 0),
             },
             left.min(REPLAY_PAGE_ROWS as i64),
         );
@@ -80,6 +100,15 @@ pub(crate) fn replay(
     done
 }
 
+/// Whose dead letters: the login pipeline's (those of no pipeline too,
+/// from before 0.6.0), or one pipeline's or router's, by its catalog id
+/// (never reused: a pipeline made again under a dropped one's name does not
+/// get its dead letters).
+enum PipelineFilter {
+    Login,
+    Id(i64),
+}
+
 /// Which dead letters a replay takes.
 struct Filter<'a> {
     queue_url: Option<&'a str>,
@@ -89,8 +118,12 @@ struct Filter<'a> {
     /// role since dropped matches nobody (its name is looked up, not passed
     /// to pg_has_role, which would raise for it).
     any_target: bool,
-    /// The replay's own target table.
-    target: &'a str,
+    /// The replay's own target table (the login pipeline's; None: any
+    /// table of the pipeline's).
+    target: Option<&'a str>,
+    /// The pipeline whose dead letters are taken (None: a catalog before
+    /// 0.6.0, where every dead letter is the login pipeline's).
+    pipeline: Option<PipelineFilter>,
     /// The catalog has `body_truncated` (0.5.0): cut bodies are never taken.
     cut_bodies_marked: bool,
 }
@@ -106,6 +139,18 @@ fn lock_page(owner: pg_sys::Oid, f: &Filter<'_>, limit: i64) -> Vec<(i64, usize)
     let caller = unsafe { pg_sys::GetUserId() };
     // SAFETY: as above.
     let caller_is_superuser = unsafe { pg_sys::superuser() };
+    // (pipeline is 0.6.0's: before, every dead letter is the login pipeline's)
+    let (pipeline, pipeline_id) = match f.pipeline {
+        None => (String::new(), None),
+        Some(PipelineFilter::Login) => (
+            format!("AND COALESCE(pipeline, '{LOGIN}') OPERATOR(pg_catalog.=) '{LOGIN}'"),
+            None,
+        ),
+        Some(PipelineFilter::Id(id)) => (
+            "AND pipeline_id OPERATOR(pg_catalog.=) $8".to_string(),
+            Some(id),
+        ),
+    };
     let whole = if f.cut_bodies_marked {
         "AND NOT body_truncated"
     } else {
@@ -118,10 +163,11 @@ fn lock_page(owner: pg_sys::Oid, f: &Filter<'_>, limit: i64) -> Vec<(i64, usize)
            AND last_replay_at IS DISTINCT FROM pg_catalog.now() \
            AND ($1::pg_catalog.text IS NULL OR queue_url OPERATOR(pg_catalog.=) $1) \
            AND ($2::pg_catalog.text IS NULL OR reason_code OPERATOR(pg_catalog.=) $2) \
-           AND (target_table OPERATOR(pg_catalog.=) $5 \
+           AND ($5::pg_catalog.text IS NULL OR target_table OPERATOR(pg_catalog.=) $5 \
                 OR ($4 AND ($7 OR EXISTS (SELECT FROM pg_catalog.pg_roles r \
                                           WHERE r.rolname OPERATOR(pg_catalog.=) run_role \
                                             AND pg_catalog.pg_has_role($6::pg_catalog.oid, r.oid, 'MEMBER'))))) \
+           {pipeline} \
          ORDER BY last_replay_at NULLS FIRST, dead_letter_id \
          LIMIT $3 FOR UPDATE SKIP LOCKED"
     );
@@ -139,6 +185,7 @@ fn lock_page(owner: pg_sys::Oid, f: &Filter<'_>, limit: i64) -> Vec<(i64, usize)
                         f.target.into(),
                         caller.into(),
                         caller_is_superuser.into(),
+                        pipeline_id.into(),
                     ],
                 )
                 .or_raise_spi("dead letters")

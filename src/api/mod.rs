@@ -5,6 +5,7 @@
 mod drain;
 mod housekeeping;
 mod masking;
+mod pipelines;
 
 #[cfg(feature = "bench-tools")]
 mod bench;

@@ -33,6 +33,9 @@ fn errcode(kind: ErrorKind) -> PgSqlErrorCode {
         ErrorKind::NotNullViolation => ERRCODE_NOT_NULL_VIOLATION,
         ErrorKind::GeneratedAlways => ERRCODE_GENERATED_ALWAYS,
         ErrorKind::DuplicateObject => ERRCODE_DUPLICATE_OBJECT,
+        ErrorKind::InvalidName => ERRCODE_INVALID_NAME,
+        ErrorKind::SerializationFailure => ERRCODE_T_R_SERIALIZATION_FAILURE,
+        ErrorKind::DependentObjectsStillExist => ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
         ErrorKind::Internal => ERRCODE_INTERNAL_ERROR,
     }
 }

@@ -9,7 +9,9 @@ use fetch_etl_core::error::ErrorKind;
 use fetch_etl_sqs::credentials::Provenance;
 
 use super::error::raise;
-use super::spi::as_owner;
+use fetch_etl_core::pipeline::login::LOGIN;
+
+use super::spi::{as_owner, catalog_version};
 
 /// What a run was asked to do.
 pub(crate) struct RunRequest<'a> {
@@ -17,6 +19,8 @@ pub(crate) struct RunRequest<'a> {
     pub(crate) target_table: &'a str,
     pub(crate) max_messages: i32,
     pub(crate) wait_seconds: i32,
+    /// The pipeline or router asked for (None: the built-in login pipeline).
+    pub(crate) pipeline: Option<&'a str>,
 }
 
 /// What a run did with the messages it received (`received = loaded +
@@ -54,15 +58,24 @@ fn insert(
     credentials: Option<&Provenance>,
 ) -> i64 {
     let finished = status != RunStatus::Running;
+    // drain_runs.pipeline is 0.6.0's (the library may be newer than the catalog)
+    let (pipeline_col, pipeline_val) = if catalog_version() >= (0, 6, 0) {
+        (", pipeline", ", $10")
+    } else {
+        ("", "")
+    };
+    let sql = format!(
+        "INSERT INTO fetch_etl.drain_runs \
+           (queue_url, target_table, max_messages, wait_seconds, status, finished_at, error, \
+            credential_source, credential_identity{pipeline_col}) \
+         VALUES ($1, $2, $3, $4, $5, CASE WHEN $6 THEN pg_catalog.clock_timestamp() END, $7, $8, $9{pipeline_val}) \
+         RETURNING run_id"
+    );
     Spi::connect_mut(|client| {
         as_owner(owner, || {
             client
                 .update(
-                    "INSERT INTO fetch_etl.drain_runs \
-                       (queue_url, target_table, max_messages, wait_seconds, status, finished_at, error, \
-                        credential_source, credential_identity) \
-                     VALUES ($1, $2, $3, $4, $5, CASE WHEN $6 THEN pg_catalog.clock_timestamp() END, $7, $8, $9) \
-                     RETURNING run_id",
+                    &sql,
                     None,
                     &[
                         req.queue_url.into(),
@@ -74,6 +87,7 @@ fn insert(
                         error.map(str::to_string).into(),
                         credentials.map(Provenance::source_text).into(),
                         credentials.map(|c| c.identity.clone()).into(),
+                        req.pipeline.unwrap_or(LOGIN).into(),
                     ],
                 )
                 .and_then(|t| t.first().get_one::<i64>())

@@ -40,19 +40,47 @@ pub(crate) fn in_subxact<R>(f: AssertUnwindSafe<impl FnOnce() -> R>) -> Result<R
 /// fetch_etl's own tables are not writable by the roles allowed to drain.
 /// On error the transaction (or subtransaction) abort restores both.
 pub(crate) fn as_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    restricted_as(owner, Settings::Keep, f)
+}
+
+/// Runs `f` as `role`, the owner of a pipeline, whose table's triggers,
+/// defaults and domain checks run with that role's rights, never the
+/// drain's (a superuser's pg_cron job). A security-restricted operation, as
+/// PostgreSQL's maintenance commands are: no SET ROLE, no temporary
+/// objects, no deferred trigger left to fire at COMMIT as the caller; with
+/// search_path = pg_catalog, pg_temp; and every setting `f` changes (a
+/// trigger's `set_config(..., false)`) is undone afterwards, so nothing of
+/// the role's survives into the caller's session.
+pub(crate) fn as_pipeline_owner<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    restricted_as(role, Settings::Undo, f)
+}
+
+/// What becomes of the settings `f` changes in [`restricted_as`].
+enum Settings {
+    /// Kept as PostgreSQL keeps a function's (our own SQL only).
+    Keep,
+    /// Undone, as REFRESH MATERIALIZED VIEW undoes them (another role's code).
+    Undo,
+}
+
+fn restricted_as<R>(role: pg_sys::Oid, settings: Settings, f: impl FnOnce() -> R) -> R {
     // SAFETY: the same switch PostgreSQL makes for SECURITY DEFINER functions
-    // and RI triggers; restored below, or by the abort on error.
+    // and RI triggers, in a GUC nest level of its own; restored below, or by
+    // the (sub)transaction abort on error.
     unsafe {
         let mut saved_user = pg_sys::InvalidOid;
         let mut saved_cx = 0;
         pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_cx);
         pg_sys::SetUserIdAndSecContext(
-            owner,
+            role,
             saved_cx
                 | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
                 | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
         );
-        let r = with_setting(c"search_path", c"pg_catalog, pg_temp", f);
+        let nest = pg_sys::NewGUCNestLevel();
+        set_in_nest(c"search_path", c"pg_catalog, pg_temp");
+        let r = f();
+        pg_sys::AtEOXact_GUC(matches!(settings, Settings::Keep), nest);
         pg_sys::SetUserIdAndSecContext(saved_user, saved_cx);
         r
     }
@@ -65,6 +93,12 @@ pub(crate) fn with_lock_timeout<R>(timeout: std::time::Duration, f: impl FnOnce(
     with_setting(c"lock_timeout", &ms, f)
 }
 
+/// Runs `f` with `search_path` set to `path` (restored afterwards, or by
+/// the abort on error).
+pub(crate) fn with_search_path<R>(path: &CStr, f: impl FnOnce() -> R) -> R {
+    with_setting(c"search_path", path, f)
+}
+
 /// Runs `f` with setting `name` at `value` in a GUC nest level of its own,
 /// as PostgreSQL's function SET clauses do: popped afterwards, or by the
 /// abort on error.
@@ -72,6 +106,21 @@ fn with_setting<R>(name: &CStr, value: &CStr, f: impl FnOnce() -> R) -> R {
     // SAFETY: a nest level pushed and popped around `f`, on this backend's GUCs.
     unsafe {
         let nest = pg_sys::NewGUCNestLevel();
+        set_in_nest(name, value);
+        let r = f();
+        pg_sys::AtEOXact_GUC(true, nest);
+        r
+    }
+}
+
+/// Sets `name` to `value` for the current GUC nest level (as a function's
+/// SET clause does).
+///
+/// # Safety
+/// A nest level must have been pushed, and be popped by the caller.
+unsafe fn set_in_nest(name: &CStr, value: &CStr) {
+    // SAFETY: the caller pushed a nest level; the names are NUL-terminated.
+    unsafe {
         pg_sys::set_config_option(
             name.as_ptr(),
             value.as_ptr(),
@@ -82,9 +131,6 @@ fn with_setting<R>(name: &CStr, value: &CStr, f: impl FnOnce() -> R) -> R {
             0,
             false,
         );
-        let r = f();
-        pg_sys::AtEOXact_GUC(true, nest);
-        r
     }
 }
 

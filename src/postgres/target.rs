@@ -11,6 +11,7 @@ use fetch_etl_core::error::ErrorKind;
 use fetch_etl_core::pipeline::plan::{Target, TargetColumn, TypeKind};
 
 use super::error::{raise, raise_with_hint, SpiOrRaise};
+use super::spi::with_search_path;
 
 /// What a column (the base type, for a domain) can hold, as the pipeline's
 /// checks see it: the one place type OIDs and typmods are read.
@@ -132,8 +133,14 @@ pub(crate) fn find(name: &str, create_ddl: Option<&str>) -> pg_sys::Oid {
 }
 
 /// Describes the table `relid` for the planner, after checking it is a
-/// table `role` (None: the calling role) may insert into.
+/// table `role` (None: the calling role) may insert into. Type names come
+/// from `format_type` with an empty search_path: schema-qualified, with
+/// their typmods, so they can be cast to whoever runs the statement.
 pub(crate) fn describe(relid: pg_sys::Oid, role: Option<pg_sys::Oid>) -> Target {
+    with_search_path(c"", || describe_on_empty_path(relid, role))
+}
+
+fn describe_on_empty_path(relid: pg_sys::Oid, role: Option<pg_sys::Oid>) -> Target {
     Spi::connect_mut(|c| {
         let (relkind, sql_name): (Option<i8>, Option<String>) = c
             .update(
@@ -144,7 +151,14 @@ pub(crate) fn describe(relid: pg_sys::Oid, role: Option<pg_sys::Oid>) -> Target 
                 None,
                 &[relid.into()],
             )
-            .and_then(|t| t.first().get_two())
+            .and_then(|t| {
+                // no row: the table was dropped since the pipeline was made
+                if t.is_empty() {
+                    Ok((None, None))
+                } else {
+                    t.first().get_two()
+                }
+            })
             .or_raise_spi("SPI");
         let sql_name = sql_name.unwrap_or_else(|| {
             raise(

@@ -413,7 +413,7 @@ def test_privileges_of_an_operator_role(db, aws_key, sqs):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 c.execute("SET fetch_etl.aws_secret_access_key = 'x'")
             c.execute("RESET ROLE")
-            c.execute("GRANT EXECUTE ON FUNCTION fetch_etl.sqs_drain(text, integer, integer, text, integer, text) TO fe_loader")
+            c.execute("GRANT EXECUTE ON FUNCTION fetch_etl.sqs_drain TO fe_loader")
             set_credentials(c, aws_key)
             c.execute("SET ROLE fe_loader")
             with pytest.raises(psycopg.errors.InsufficientPrivilege) as e:

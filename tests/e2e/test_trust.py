@@ -36,7 +36,7 @@ def role(db):
         admin.execute(f"CREATE ROLE {name} LOGIN")
         admin.execute(USER_LOGINS_DDL)
         admin.execute(f"GRANT INSERT, SELECT ON user_logins TO {name}")
-        admin.execute(f"GRANT EXECUTE ON FUNCTION fetch_etl.sqs_drain(text, integer, integer, text, integer, text) TO {name}")
+        admin.execute(f"GRANT EXECUTE ON FUNCTION fetch_etl.sqs_drain TO {name}")
     yield name
     with connect(db) as admin:
         admin.execute(f"DROP OWNED BY {name}")
@@ -518,8 +518,7 @@ def test_replay_any_target_takes_only_dead_letters_of_roles_the_caller_belongs_t
         admin.execute("CREATE ROLE fe_other_loader")
         admin.execute("CREATE TABLE public.mine (LIKE user_logins)")
         admin.execute(f"ALTER TABLE public.mine OWNER TO {role}")
-        admin.execute("GRANT EXECUTE ON FUNCTION fetch_etl.replay_dead_letters(text, text, text, integer, boolean)"
-                      f" TO {role}")
+        admin.execute(f"GRANT EXECUTE ON FUNCTION fetch_etl.replay_dead_letters TO {role}")
         for who, uid in [("fe_other_loader", "theirs"), (role, "ours")]:
             body = json.dumps(dict(VALID[0], user_id=uid))
             admin.execute("INSERT INTO fetch_etl.dead_letters (run_id, queue_url, message_id, body, reason_code, reason,"

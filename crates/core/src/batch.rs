@@ -18,6 +18,8 @@ use crate::pipeline::router::Router;
 pub struct Pipelines {
     /// What the drain was given (a pipeline's name, or a router's).
     pub name: String,
+    /// Its catalog id (dead letters record it: a replay runs it again).
+    pub id: i64,
     pub plans: Vec<Plan>,
     pub router: Option<Router>,
 }
@@ -26,15 +28,20 @@ impl Pipelines {
     pub fn single(plan: Plan) -> Pipelines {
         Pipelines {
             name: plan.pipeline.clone(),
+            id: plan.pipeline_id,
             plans: vec![plan],
             router: None,
         }
     }
 
-    /// Whether a pipeline reads message attributes (the drain asks SQS for
-    /// them then).
+    /// Whether a pipeline, or the router, reads message attributes (the
+    /// drain asks SQS for them then).
     pub fn wants_message_attributes(&self) -> bool {
         self.plans.iter().any(|p| p.wants_message_attributes)
+            || self
+                .router
+                .as_ref()
+                .is_some_and(|r| r.discriminator.needs_message_attributes())
     }
 }
 
@@ -90,13 +97,36 @@ pub fn prepare(
     now_ms: i64,
     between: &mut dyn FnMut(),
 ) -> Vec<Prepared> {
-    msgs.iter()
-        .enumerate()
-        .map(|(i, m)| {
-            between();
-            prepare_one(i, m, pipelines, masker, limits, now_ms)
-        })
-        .collect()
+    prepare_part(msgs, pipelines, masker, limits, now_ms, usize::MAX, between)
+}
+
+/// [`prepare`] for the first messages of `msgs` whose rows take about
+/// `budget` bytes: it stops after the message whose rows reach it (at least
+/// one message). The store writes a batch in such parts, so a pipeline that
+/// makes many rows of each body never holds more than that in memory.
+pub fn prepare_part(
+    msgs: &[&Message],
+    pipelines: &Pipelines,
+    masker: &Masker,
+    limits: &Limits,
+    now_ms: i64,
+    budget: usize,
+    between: &mut dyn FnMut(),
+) -> Vec<Prepared> {
+    let mut out = Vec::with_capacity(msgs.len());
+    let mut bytes = 0usize;
+    for (i, m) in msgs.iter().enumerate() {
+        if bytes >= budget {
+            break;
+        }
+        between();
+        let p = prepare_one(i, m, pipelines, masker, limits, now_ms);
+        if let Made::Rows { loaded, .. } = &p.made {
+            bytes = bytes.saturating_add(loaded.bytes());
+        }
+        out.push(p);
+    }
+    out
 }
 
 fn prepare_one(

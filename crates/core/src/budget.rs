@@ -36,6 +36,12 @@ pub const PUMP_HIGH_WATER: usize = 16 * 1024 * 1024;
 /// waits for the store.
 pub const STORE_FLUSH_BYTES: usize = 8 * 1024 * 1024;
 
+/// The most one message's rows may take in memory (its cells and their
+/// strings): a message whose pipeline would make more is refused
+/// `too_large`. A batch is stored in parts of at most [`STORE_FLUSH_BYTES`]
+/// of rows, so rows never take more than a batch of bodies would.
+pub const MAX_MESSAGE_ROWS_BYTES: usize = STORE_FLUSH_BYTES;
+
 /// Receipt handles a transaction may queue for deletion after COMMIT (about
 /// 30,000 messages of AWS-length handles). A drain that reaches it stops
 /// receiving, as at max_messages: commit, and the next drain goes on.

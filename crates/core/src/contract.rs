@@ -106,6 +106,16 @@ sql_enum! {
 }
 
 sql_enum! {
+    /// What a row of `fetch_etl.pipelines` is (its `kind`).
+    PipelineKind {
+        /// Makes each message into rows of its target table.
+        Pipeline = "pipeline",
+        /// Sends each message to one of several pipelines.
+        Router = "router",
+    }
+}
+
+sql_enum! {
     /// What `sqs_drain` does when the drain fails (its `on_error` argument).
     OnError {
         /// Raise: the transaction rolls back, nothing is recorded.

@@ -41,6 +41,12 @@ pub enum ErrorKind {
     GeneratedAlways,
     /// A pipeline of that name exists already (42710).
     DuplicateObject,
+    /// A name that is not a valid name for its object (42602).
+    InvalidName,
+    /// An object others depend on, such as a pipeline a router uses (2BP01).
+    DependentObjectsStillExist,
+    /// Changed by another session meanwhile: try again (40001).
+    SerializationFailure,
     /// A bug: should not happen (XX000).
     Internal,
 }

@@ -112,3 +112,39 @@ fn the_helpers_read_what_they_claim() {
         vec!["a", "b"]
     );
 }
+
+/// The text between the first two `$tag$` delimiters of `sql`.
+fn dollar_quoted<'a>(sql: &'a str, tag: &str) -> &'a str {
+    let delim = format!("${tag}$");
+    let mut parts = sql.split(delim.as_str());
+    parts.next();
+    parts
+        .next()
+        .unwrap_or_else(|| panic!("no {delim}...{delim} in the SQL"))
+}
+
+/// The login pipeline's row (sql/bootstrap.sql) holds the core's column
+/// list and DDL: the extension's SQL is where it ships, the core's copy is
+/// what its tests (and a catalog before 0.6.0) use.
+#[test]
+fn the_login_pipeline_in_the_sql_is_the_core_s() {
+    use fetch_etl_core::pipeline::login::{LOGIN_COLUMNS, LOGIN_DDL};
+    let sql = repo_file("sql/bootstrap.sql");
+    assert_eq!(dollar_quoted(&sql, "columns"), LOGIN_COLUMNS);
+    assert_eq!(dollar_quoted(&sql, "ddl"), LOGIN_DDL);
+    let update = repo_file("sql/fetch_etl--0.5.0--0.6.0.sql");
+    assert_eq!(dollar_quoted(&update, "columns"), LOGIN_COLUMNS);
+    assert_eq!(dollar_quoted(&update, "ddl"), LOGIN_DDL);
+}
+
+#[test]
+fn pipeline_kinds_match_the_sql_check() {
+    use fetch_etl_core::contract::PipelineKind;
+    for file in ["sql/bootstrap.sql", "sql/fetch_etl--0.5.0--0.6.0.sql"] {
+        assert_eq!(
+            check_list(&repo_file(file), "kind"),
+            strings(PipelineKind::ALL, PipelineKind::as_str),
+            "{file}"
+        );
+    }
+}

@@ -17,35 +17,38 @@ use crate::postgres::spi::as_owner;
 
 /// Parameters: run id, queue URL, ids, bodies, codes, reasons, sent ms,
 /// receive counts, the producing role, the target tables, the bodies' sizes
-/// as received, whether each was cut (0.5.0). The sent times are in range
-/// (the wire layer drops impossible ones), so the conversion cannot fail.
-const DEAD_LETTER_SQL: &str = "INSERT INTO fetch_etl.dead_letters \
-       (run_id, queue_url, message_id, body, reason_code, reason, sent_at, receive_count, run_role, target_table, \
-        body_bytes, body_truncated) \
-     SELECT $1, $2, m, b, c, r, \
-            pg_catalog.to_timestamp(s::pg_catalog.float8 OPERATOR(pg_catalog./) 1000.0::pg_catalog.float8), n, \
-            $9::pg_catalog.name, g, z, x \
-     FROM ROWS FROM (pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($4::pg_catalog.text[]), \
-                     pg_catalog.unnest($5::pg_catalog.text[]), pg_catalog.unnest($6::pg_catalog.text[]), \
-                     pg_catalog.unnest($7::pg_catalog.int8[]), pg_catalog.unnest($8::pg_catalog.int4[]), \
-                     pg_catalog.unnest($11::pg_catalog.int4[]), pg_catalog.unnest($12::pg_catalog.bool[]), \
-                     pg_catalog.unnest($10::pg_catalog.text[])) \
-          AS t(m, b, c, r, s, n, z, x, g)";
-
-/// The same, for a catalog older than 0.5.0 (no body_bytes, body_truncated):
-/// the library was upgraded, the database not yet. Bodies are kept whole
-/// then, as 0.4.0 did; $11 and $12 are ignored.
-const DEAD_LETTER_SQL_040: &str = "INSERT INTO fetch_etl.dead_letters \
-       (run_id, queue_url, message_id, body, reason_code, reason, sent_at, receive_count, run_role, target_table) \
-     SELECT $1, $2, m, b, c, r, \
-            pg_catalog.to_timestamp(s::pg_catalog.float8 OPERATOR(pg_catalog./) 1000.0::pg_catalog.float8), n, \
-            $9::pg_catalog.name, g \
-     FROM ROWS FROM (pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($4::pg_catalog.text[]), \
-                     pg_catalog.unnest($5::pg_catalog.text[]), pg_catalog.unnest($6::pg_catalog.text[]), \
-                     pg_catalog.unnest($7::pg_catalog.int8[]), pg_catalog.unnest($8::pg_catalog.int4[]), \
-                     pg_catalog.unnest($11::pg_catalog.int4[]), pg_catalog.unnest($12::pg_catalog.bool[]), \
-                     pg_catalog.unnest($10::pg_catalog.text[])) \
-          AS t(m, b, c, r, s, n, z, x, g)";
+/// as received, whether each was cut (0.5.0), the drain's pipeline and its
+/// id (0.6.0).
+/// The sent times are in range (the wire layer drops impossible ones), so
+/// the conversion cannot fail. For an older catalog (the library was
+/// upgraded, the database not yet) the columns it lacks are left out: a
+/// catalog before 0.5.0 keeps bodies whole, as 0.4.0 did.
+fn dead_letter_sql(catalog: (u32, u32, u32)) -> String {
+    let (cut_cols, cut_vals) = if catalog >= (0, 5, 0) {
+        (", body_bytes, body_truncated", ", z, x")
+    } else {
+        ("", "")
+    };
+    let (pipeline_col, pipeline_val) = if catalog >= (0, 6, 0) {
+        (", pipeline, pipeline_id", ", $13, $14")
+    } else {
+        ("", "")
+    };
+    format!(
+        "INSERT INTO fetch_etl.dead_letters \
+           (run_id, queue_url, message_id, body, reason_code, reason, sent_at, receive_count, run_role, target_table\
+            {cut_cols}{pipeline_col}) \
+         SELECT $1, $2, m, b, c, r, \
+                pg_catalog.to_timestamp(s::pg_catalog.float8 OPERATOR(pg_catalog./) 1000.0::pg_catalog.float8), n, \
+                $9::pg_catalog.name, g{cut_vals}{pipeline_val} \
+         FROM ROWS FROM (pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($4::pg_catalog.text[]), \
+                         pg_catalog.unnest($5::pg_catalog.text[]), pg_catalog.unnest($6::pg_catalog.text[]), \
+                         pg_catalog.unnest($7::pg_catalog.int8[]), pg_catalog.unnest($8::pg_catalog.int4[]), \
+                         pg_catalog.unnest($11::pg_catalog.int4[]), pg_catalog.unnest($12::pg_catalog.bool[]), \
+                         pg_catalog.unnest($10::pg_catalog.text[])) \
+              AS t(m, b, c, r, s, n, z, x, g)"
+    )
+}
 
 /// One message to dead-letter.
 pub(crate) struct DeadLetter<'a> {
@@ -70,7 +73,7 @@ impl DeadLetters {
     pub(crate) fn prepare(
         client: &SpiClient<'_>,
         owner: pg_sys::Oid,
-        catalog_050: bool,
+        catalog: (u32, u32, u32),
     ) -> DeadLetters {
         let types = [
             pg_sys::INT8OID,
@@ -85,21 +88,18 @@ impl DeadLetters {
             TEXT_ARRAY,
             pg_sys::INT4ARRAYOID,
             pg_sys::BOOLARRAYOID,
+            pg_sys::TEXTOID,
+            pg_sys::INT8OID,
         ];
-        let sql = if catalog_050 {
-            DEAD_LETTER_SQL
-        } else {
-            DEAD_LETTER_SQL_040
-        };
         as_owner(owner, || DeadLetters {
             owner,
-            stmt: prepare(client, sql, &types),
-            cut: catalog_050,
+            stmt: prepare(client, &dead_letter_sql(catalog), &types),
+            cut: catalog >= (0, 5, 0),
         })
     }
 
-    /// Writes `letters` of drain run `run_id` of `queue_url`, produced by
-    /// the role `role`.
+    /// Writes `letters` of drain run `run_id` of `queue_url` through
+    /// `pipeline`, produced by the role `role`.
     #[inline(never)] // a frame of its own in scripts/bench's profile (called once per batch)
     pub(crate) fn insert(
         &self,
@@ -107,6 +107,7 @@ impl DeadLetters {
         run_id: i64,
         queue_url: &str,
         role: &str,
+        pipeline: (&str, i64),
         letters: &[DeadLetter<'_>],
     ) {
         if letters.is_empty() {
@@ -140,7 +141,7 @@ impl DeadLetters {
             .collect();
         let counts: Vec<Option<i32>> = letters.iter().map(|d| d.message.receive_count).collect();
         let targets: Vec<Option<&str>> = letters.iter().map(|d| d.target).collect();
-        let args: [DatumWithOid<'_>; 12] = [
+        let args: [DatumWithOid<'_>; 14] = [
             run_id.into(),
             queue_url.into(),
             ids.into(),
@@ -153,6 +154,8 @@ impl DeadLetters {
             targets.into(),
             sizes.into(),
             cut.into(),
+            pipeline.0.into(),
+            pipeline.1.into(),
         ];
         as_owner(self.owner, || {
             client

@@ -23,9 +23,11 @@ use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient};
 
 use fetch_etl_core::batch::{self, behind_deferred, Made, Pipelines, Prepared, Refusal};
+use fetch_etl_core::budget::STORE_FLUSH_BYTES;
 use fetch_etl_core::mask::Masker;
 use fetch_etl_core::message::Message;
 use fetch_etl_core::pipeline::engine::{Columns, Limits};
+use fetch_etl_core::pipeline::plan::Idempotency;
 use fetch_etl_core::time::now_ms;
 
 use super::error::SpiOrRaise;
@@ -70,14 +72,23 @@ pub(crate) struct Store {
     dead: dead_letters::DeadLetters,
     masker: Masker,
     limits: Limits,
+    catalog: (u32, u32, u32),
+    /// With a pipeline keyed by anything but message ids: the ids of the
+    /// messages this run stored, to tell a message received again from
+    /// another with the same key (at most MAX_IDS_SEEN; past it, a key this
+    /// run recorded counts as received again).
+    ids_seen: Option<HashSet<String>>,
 }
+
+/// See [`Store::ids_seen`]: about 3 MiB of ids.
+const MAX_IDS_SEEN: usize = 30_000;
 
 impl Store {
     /// Reads the masking key and prepares the statements. Raises, before
     /// anything is received, if any is unusable.
     pub(crate) fn open(pipelines: Pipelines, targets: &[TargetRef], owner: pg_sys::Oid) -> Store {
-        let catalog_050 = spi::catalog_version() >= (0, 5, 0);
-        if !catalog_050 {
+        let catalog = spi::catalog_version();
+        if catalog < (0, 5, 0) {
             pgrx::warning!(
                 "fetch_etl: this database's catalog is older than the library ({}): dead letters keep whole bodies until ALTER EXTENSION fetch_etl UPDATE",
                 env!("CARGO_PKG_VERSION")
@@ -91,6 +102,10 @@ impl Store {
             max_pii_bytes: settings::max_pii_bytes(),
             envelopes: settings::envelopes(),
         };
+        let keyed = pipelines
+            .plans
+            .iter()
+            .any(|p| p.idempotency != Idempotency::MessageId);
         Spi::connect(|c| Store {
             role,
             targets: pipelines
@@ -102,15 +117,22 @@ impl Store {
             pipelines,
             ledger: ledger::Ledger::prepare(c, owner),
             vault: vault::Vault::prepare(c, owner),
-            dead: dead_letters::DeadLetters::prepare(c, owner, catalog_050),
+            dead: dead_letters::DeadLetters::prepare(c, owner, catalog),
             masker: keystore::with_masker(|m| m.clone()),
             limits,
+            catalog,
+            ids_seen: keyed.then(HashSet::new),
         })
     }
 
-    /// The catalog is 0.5.0's or newer (dead letters record cut bodies).
-    pub(crate) fn catalog_050(&self) -> bool {
-        spi::catalog_version() >= (0, 5, 0)
+    /// The catalog's version (what its tables have).
+    pub(crate) fn catalog(&self) -> (u32, u32, u32) {
+        self.catalog
+    }
+
+    /// The catalog id of the pipeline (or router) the store runs.
+    pub(crate) fn pipeline_id(&self) -> i64 {
+        self.pipelines.id
     }
 
     /// The target tables' quoted, schema-qualified names, as one text.
@@ -130,17 +152,20 @@ impl Store {
         self.pipelines.wants_message_attributes()
     }
 
-    /// Opens, routes and builds `msgs` (checking for interrupts between them).
+    /// Opens, routes and builds the first messages of `msgs` whose rows take
+    /// about STORE_FLUSH_BYTES (checking for interrupts between them): a
+    /// batch is written in such parts (`batch::prepare_part`).
     fn prepare(&self, msgs: &[&Message]) -> Vec<Prepared> {
         let mut interrupts = || {
             pgrx::check_for_interrupts!();
         };
-        batch::prepare(
+        batch::prepare_part(
             msgs,
             &self.pipelines,
             &self.masker,
             &self.limits,
             now_ms(),
+            STORE_FLUSH_BYTES,
             &mut interrupts,
         )
     }
@@ -170,7 +195,37 @@ impl Store {
             }
         }
         counts.received += unique.len() as i64;
-        let prepared = self.prepare(&unique);
+        // In parts whose rows take at most about STORE_FLUSH_BYTES; a FIFO
+        // group with a message left by one part waits in the next ones too.
+        let mut deferred: HashSet<String> = HashSet::new();
+        let mut left: Vec<&Message> = Vec::new();
+        let mut at = 0;
+        while at < unique.len() {
+            let prepared = self.prepare(&unique[at..]);
+            let part = &unique[at..at + prepared.len()];
+            at += prepared.len();
+            let d = self.store_part(client, run_id, queue_url, part, prepared, &left, counts);
+            left.extend(part.iter().filter(|m| d.contains(&m.message_id)));
+            deferred.extend(d);
+        }
+        deferred
+    }
+
+    /// Ledger, rows, vault and dead letters of `part`, prepared; `left` are
+    /// messages earlier parts of the batch left in the queue (their FIFO
+    /// groups wait).
+    #[allow(clippy::too_many_arguments)]
+    fn store_part(
+        &mut self,
+        client: &mut SpiClient<'_>,
+        run_id: i64,
+        queue_url: &str,
+        part: &[&Message],
+        prepared: Vec<Prepared>,
+        left: &[&Message],
+        counts: &mut Counts,
+    ) -> HashSet<String> {
+        let unique = part;
         // One key once per batch: a later message with an earlier one's key
         // (a redriven copy, a producer's retry) is a duplicate.
         let mut first: HashMap<&str, usize> = HashMap::with_capacity(prepared.len());
@@ -194,11 +249,17 @@ impl Store {
             .iter()
             .map(|k| id_of(k).to_string())
             .collect();
-        if !deferred_ids.is_empty() && unique.iter().any(|m| m.group_id().is_some()) {
-            // FIFO: a group's later messages wait with a deferred one, in order.
+        if (!deferred_ids.is_empty() || !left.is_empty())
+            && unique.iter().any(|m| m.group_id().is_some())
+        {
+            // FIFO: a group's later messages wait with a deferred one, in
+            // order (one an earlier part left, too).
             let new_ids: HashSet<String> =
                 ledgered.new.iter().map(|k| id_of(k).to_string()).collect();
-            let behind: HashSet<String> = behind_deferred(&unique, &new_ids, &deferred_ids)
+            let mut deferred_ids = deferred_ids;
+            deferred_ids.extend(left.iter().map(|m| m.message_id.clone()));
+            let in_order: Vec<&Message> = left.iter().chain(unique.iter()).copied().collect();
+            let behind: HashSet<String> = behind_deferred(&in_order, &new_ids, &deferred_ids)
                 .into_iter()
                 .collect();
             if !behind.is_empty() {
@@ -236,7 +297,17 @@ impl Store {
             .copied()
             .filter(|k| !ledgered.is_new(k) && !ledgered.deferred.contains(*k))
             .collect();
-        let again = self.ledger.own(client, &known, run_id).len();
+        // Keyed by message id, a key this run recorded is this message,
+        // received again. Keyed by an event id, it may be another message
+        // with the same id (a redriven copy): that one is a duplicate.
+        let owned = self.ledger.own(client, &known, run_id);
+        let again = match &self.ids_seen {
+            None => owned.len(),
+            Some(seen) => owned
+                .iter()
+                .filter(|k| seen.len() >= MAX_IDS_SEEN || seen.contains(id_of(k)))
+                .count(),
+        };
         counts.received -= again as i64;
         counts.received_again += again as i64;
         counts.duplicates += (known.len() - again) as i64 + dup_in_batch;
@@ -257,7 +328,14 @@ impl Store {
         let outcome = self.write(client, fresh);
         counts.loaded += outcome.loaded.len() as i64;
         counts.rejected += outcome.refused.len() as i64;
-        self.dead_letters(client, run_id, queue_url, &unique, &outcome.refused);
+        self.dead_letters(client, run_id, queue_url, unique, &outcome.refused);
+        if let Some(seen) = &mut self.ids_seen {
+            for m in unique {
+                if seen.len() < MAX_IDS_SEEN {
+                    seen.insert(m.message_id.clone());
+                }
+            }
+        }
         deferred
     }
 
@@ -265,8 +343,22 @@ impl Store {
     /// of dead letters): rows and vault pairs go in; dead letters are the
     /// caller's to update, from `Outcome::refused`.
     pub(crate) fn load(&mut self, client: &mut SpiClient<'_>, msgs: &[&Message]) -> Outcome {
-        let prepared: Vec<(usize, Prepared)> = self.prepare(msgs).into_iter().enumerate().collect();
-        self.write(client, prepared)
+        // in parts, as `store` does
+        let mut out = Outcome::default();
+        let mut at = 0;
+        while at < msgs.len() {
+            let prepared: Vec<(usize, Prepared)> = self
+                .prepare(&msgs[at..])
+                .into_iter()
+                .enumerate()
+                .map(|(i, p)| (at + i, p))
+                .collect();
+            at += prepared.len();
+            let part = self.write(client, prepared);
+            out.loaded.extend(part.loaded);
+            out.refused.extend(part.refused);
+        }
+        out
     }
 
     /// Inserts the rows of `prepared` (message index, what it became) per
@@ -339,8 +431,14 @@ impl Store {
                     .or(single),
             })
             .collect();
-        self.dead
-            .insert(client, run_id, queue_url, &self.role, &letters);
+        self.dead.insert(
+            client,
+            run_id,
+            queue_url,
+            &self.role,
+            (&self.pipelines.name, self.pipelines.id),
+            &letters,
+        );
     }
 
     /// Writes the vault's buffer. Every caller of `store` and `load` ends

@@ -13,11 +13,11 @@ use pgrx::spi::{OwnedPreparedStatement, SpiClient};
 
 use fetch_etl_core::contract::RejectReason;
 use fetch_etl_core::pipeline::engine::Columns;
-use fetch_etl_core::pipeline::plan::{ArrayKind, Plan, TypeKind};
+use fetch_etl_core::pipeline::plan::{ArrayKind, Plan};
 
 use super::{prepare, INT8_ARRAY, TEXT_ARRAY};
 use crate::postgres::error::SpiOrRaise;
-use crate::postgres::spi::{as_owner, in_subxact};
+use crate::postgres::spi::{as_pipeline_owner, in_subxact, with_search_path};
 use crate::postgres::target;
 
 /// Where a plan's rows go, and as whom.
@@ -28,10 +28,10 @@ pub(crate) struct TargetStatement {
     pub(crate) relid: pg_sys::Oid,
 }
 
-/// Runs `f` as `role` (None: as the caller, unchanged).
+/// Runs `f` as `role`, a pipeline's owner (None: as the caller, unchanged).
 pub(crate) fn as_role<R>(role: Option<pg_sys::Oid>, f: impl FnOnce() -> R) -> R {
     match role {
-        Some(r) => as_owner(r, f),
+        Some(r) => as_pipeline_owner(r, f),
         None => f(),
     }
 }
@@ -150,22 +150,28 @@ impl TargetStatement {
     ) -> Option<(RejectReason, String)> {
         for (i, c) in plan.columns.iter().enumerate() {
             let (is_int, slot) = columns.slots[i];
-            if is_int
-                || c.array != ArrayKind::Text
-                || matches!(c.target.kind, TypeKind::Text { .. })
-            {
+            if is_int || c.array != ArrayKind::Text {
                 continue;
             }
             let values = &columns.text[slot];
+            // With its typmod (numeric(10,2) refuses what numeric takes). An
+            // explicit cast to varchar(n) truncates, but lengths are checked
+            // before the INSERT; a domain over text has its CHECKs tried.
+            // (the cast inside the aggregate: in a subquery's select list
+            // that nothing reads, the planner would drop it unevaluated)
             let sql = format!(
-                "SELECT pg_catalog.count(*) FROM (SELECT v::{} FROM pg_catalog.unnest($1::pg_catalog.text[]) AS v) AS s",
-                c.target.cast_to
+                "SELECT pg_catalog.count(v::{}) FROM pg_catalog.unnest($1::pg_catalog.text[]) AS v",
+                c.target.display
             );
+            // (a built-in type's name is unqualified: resolved with
+            // pg_catalog first, whatever the caller's search_path)
             let cast = |client: &mut SpiClient<'_>, r: Range<usize>| {
                 let vals: Vec<Option<&str>> = values[r].iter().map(|v| v.as_deref()).collect();
                 in_subxact(AssertUnwindSafe(|| {
                     as_role(self.run_as, || {
-                        client.select(&sql, None, &[vals.into()]).map(|_| ())
+                        with_search_path(c"pg_catalog, pg_temp", || {
+                            client.select(&sql, None, &[vals.into()]).map(|_| ())
+                        })
                     })
                 }))
             };

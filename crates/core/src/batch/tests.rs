@@ -579,6 +579,7 @@ fn s3_objects() -> Target {
 fn s3_pipeline(idempotency: Idempotency) -> Pipelines {
     let def = Definition {
         name: "s3_objects".into(),
+        id: 3,
         columns: parse_columns(
             "bucket PATH '$.s3.bucket.name', key PATH '$.s3.object.key' REQUIRED,
              size PATH '$.s3.object.size', event_time PATH '$.eventTime',
@@ -669,9 +670,9 @@ fn idempotency_keys_are_the_message_id_an_event_id_or_the_body() {
     assert_eq!(key(Idempotency::MessageId), "m0");
     assert_eq!(
         key(Idempotency::parse("$.Records[0].id").unwrap()),
-        "key:s3_objects:evt-7"
+        "key:3:evt-7"
     );
-    assert!(key(Idempotency::Body).starts_with("body:s3_objects:"));
+    assert!(key(Idempotency::Body).starts_with("body:3:"));
     let missing = run_with(
         &s3_pipeline(Idempotency::parse("$.nope").unwrap()),
         &limits(),
@@ -698,9 +699,23 @@ fn idempotency_keys_are_the_message_id_an_event_id_or_the_body() {
     .pop()
     .unwrap()
     .key;
-    assert!(
-        k.starts_with("key:s3_objects:sha256:") && k.len() < 100,
-        "{k}"
+    assert!(k.starts_with("keyh:3:") && k.len() < 100, "{k}");
+    // the envelope's id: an EventBridge event's, whatever its detail
+    let by_envelope = s3_pipeline(Idempotency::parse("ENVELOPE event_id").unwrap());
+    let wrapped = eventbridge(&body);
+    assert_eq!(
+        run_with(&by_envelope, &limits(), &[&wrapped])
+            .pop()
+            .unwrap()
+            .key,
+        "envelope:3:e-1"
+    );
+    let Made::Refused(r) = &run_with(&by_envelope, &limits(), &[&body])[0].made else {
+        panic!("a bare event has no envelope id")
+    };
+    assert_eq!(
+        r.text,
+        "missing_field: the idempotency key ENVELOPE event_id is missing"
     );
 }
 
@@ -716,6 +731,7 @@ fn routes_send_each_message_to_its_pipeline() {
     };
     let p = Pipelines {
         name: "events".into(),
+        id: 9,
         plans: vec![login_plan, s3],
         router: Some(router),
     };
@@ -802,4 +818,141 @@ mod props {
             }
         }
     }
+}
+
+/// Threat: a pipeline that copies a large part of the event into each of
+/// many rows (`EVENT`, an `EVENT PATH`, a long constant) lets one 1 MiB
+/// body become gigabytes in a backend. A message's rows are capped, and a
+/// batch is prepared in parts of about STORE_FLUSH_BYTES of rows.
+#[test]
+fn memory_a_message_whose_rows_would_take_more_than_the_cap_is_refused_too_large() {
+    let def = Definition {
+        name: "docs".into(),
+        id: 4,
+        columns: parse_columns("pad EVENT PATH '$.pad', k PATH '$.k'").unwrap(),
+        rows: Some(crate::pipeline::path::JsonPath::parse("$.items[*]").unwrap()),
+        idempotency: Idempotency::MessageId,
+        unrecognized: RejectReason::UnrecognizedEvent,
+    };
+    let table = Target {
+        sql_name: "public.docs".into(),
+        columns: vec![text("pad", None), text("k", None)],
+    };
+    let p = Pipelines::single(plan(&def, &table, &types).unwrap());
+    let pad = "x".repeat(600 * 1024);
+    let body = |n: usize| json!({"pad": pad, "items": vec![json!({"k": 1}); n]}).to_string();
+    // 13 rows of 600 kB: 7.6 MiB, under the 8 MiB cap
+    let ok = run_with(&p, &limits(), &[&body(13)]);
+    let Made::Rows { loaded, .. } = &ok[0].made else {
+        panic!("13 rows fit")
+    };
+    assert_eq!(loaded.rows.len(), 13);
+    assert!(loaded.bytes() > 13 * 600 * 1024);
+    // 14 would take 8.2 MiB: refused at the 14th row, before more are made
+    let Made::Refused(r) = &run_with(&p, &limits(), &[&body(10_000)])[0].made else {
+        panic!("10,000 rows of 600 kB are refused")
+    };
+    assert_eq!(
+        r.text,
+        "too_large: its rows take more than 8 MiB (after 14 rows); a message's rows may take at most that"
+    );
+    // one row whose columns copy too much: the same cap
+    let wide = Definition {
+        name: "wide".into(),
+        id: 5,
+        columns: parse_columns(
+            &(0..20)
+                .map(|i| format!("c{i} MESSAGE body"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        )
+        .unwrap(),
+        rows: None,
+        idempotency: Idempotency::MessageId,
+        unrecognized: RejectReason::UnrecognizedEvent,
+    };
+    let wide_table = Target {
+        sql_name: "public.wide".into(),
+        columns: (0..20).map(|i| text(&format!("c{i}"), None)).collect(),
+    };
+    let wp = Pipelines::single(plan(&wide, &wide_table, &types).unwrap());
+    let big = json!({"pad": pad}).to_string();
+    let Made::Refused(r) = &run_with(&wp, &limits(), &[&big])[0].made else {
+        panic!("20 copies of a 600 kB body are refused")
+    };
+    assert!(
+        r.text
+            .starts_with("too_large: its rows take more than 8 MiB (after 1 rows)"),
+        "{}",
+        r.text
+    );
+}
+
+#[test]
+fn memory_a_batch_is_prepared_in_parts_of_its_rows_budget() {
+    let p = login_on(&user_logins());
+    let msgs: Vec<Message> = (0..5)
+        .map(|i| msg(&format!("m{i}"), GOOD, Some(1)))
+        .collect();
+    let refs: Vec<&Message> = msgs.iter().collect();
+    let part = |budget| prepare_part(&refs, &p, &masker(), &limits(), 1, budget, &mut || {}).len();
+    assert_eq!(part(usize::MAX), 5);
+    assert_eq!(
+        part(1),
+        1,
+        "the message that reaches the budget ends the part"
+    );
+    let one = match &prepare(&refs[..1], &p, &masker(), &limits(), 1, &mut || {})[0].made {
+        Made::Rows { loaded, .. } => loaded.bytes(),
+        Made::Refused(r) => panic!("{}", r.text),
+    };
+    assert_eq!(part(2 * one), 2);
+    assert_eq!(part(2 * one + 1), 3);
+    // refused messages take nothing from the budget
+    let bad: Vec<Message> = (0..5)
+        .map(|i| msg(&format!("b{i}"), "{}", Some(1)))
+        .collect();
+    let bad_refs: Vec<&Message> = bad.iter().collect();
+    assert_eq!(
+        prepare_part(&bad_refs, &p, &masker(), &limits(), 1, 1, &mut || {}).len(),
+        5
+    );
+}
+
+/// Threat (an attacker's review): NULL cells and vaulted raw values were not
+/// counted, so 100,000 elements each vaulting a 4 kB masked value took
+/// hundreds of megabytes before the cap. Every cell and pair counts now.
+#[test]
+fn memory_nulls_and_vaulted_values_count_against_the_rows_cap() {
+    let def = Definition {
+        name: "mail".into(),
+        id: 6,
+        columns: parse_columns("email EVENT PATH '$.email' MASKED, a PATH '$.a', b PATH '$.b'")
+            .unwrap(),
+        rows: Some(crate::pipeline::path::JsonPath::parse("$.lines[*]").unwrap()),
+        idempotency: Idempotency::MessageId,
+        unrecognized: RejectReason::UnrecognizedEvent,
+    };
+    let table = Target {
+        sql_name: "public.mail".into(),
+        columns: vec![text("email", None), text("a", None), text("b", None)],
+    };
+    let p = Pipelines::single(plan(&def, &table, &types).unwrap());
+    let email = format!("{}@example.com", "x".repeat(4000));
+    let body = json!({"email": email, "lines": vec![json!({"a": null}); 50_000]}).to_string();
+    let Made::Refused(r) = &run_with(&p, &limits(), &[&body])[0].made else {
+        panic!("50,000 rows each vaulting 4 kB are refused")
+    };
+    // about 4.1 kB a row: the cap is reached near row 2,000, not 50,000
+    let after: usize = r
+        .text
+        .split("(after ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1_800..2_100).contains(&after), "{}", r.text);
 }

@@ -15,6 +15,7 @@ use super::event::{self, Event};
 use super::plan::{ArrayKind, Idempotency, Plan, Planned, TypeKind};
 use super::spec::{JsonType, Mask, MessageField, Source, Transform};
 use super::transform;
+use crate::budget::MAX_MESSAGE_ROWS_BYTES;
 use crate::contract::RejectReason;
 use crate::envelope::{EnvelopeAttributes, Envelopes};
 use crate::mask::Masker;
@@ -46,6 +47,78 @@ pub struct Loaded {
     pub pairs: Vec<(String, String)>,
 }
 
+impl Loaded {
+    /// What its rows and pairs take in memory (their cells and strings).
+    pub fn bytes(&self) -> usize {
+        let rows: usize = self.rows.iter().map(|r| row_bytes(r)).sum();
+        let pairs: usize = self
+            .pairs
+            .iter()
+            .map(|(a, b)| a.len() + b.len() + 2 * std::mem::size_of::<String>())
+            .sum();
+        rows + pairs
+    }
+}
+
+/// Why a row was not made.
+enum RowError {
+    /// The message's rows reached MAX_MESSAGE_ROWS_BYTES.
+    TooMuch,
+    Refused(Reject),
+}
+
+impl From<Reject> for RowError {
+    fn from(r: Reject) -> RowError {
+        RowError::Refused(r)
+    }
+}
+
+impl RowError {
+    fn or_too_many_rows(self, rows: usize) -> Reject {
+        match self {
+            RowError::TooMuch => too_many_rows(rows),
+            RowError::Refused(r) => r,
+        }
+    }
+}
+
+/// Adds `n` bytes to what a message's rows take; refuses past the limit.
+fn spend(bytes: &mut usize, n: usize) -> Result<(), RowError> {
+    *bytes = bytes.saturating_add(n + std::mem::size_of::<Cell>());
+    if *bytes > MAX_MESSAGE_ROWS_BYTES {
+        return Err(RowError::TooMuch);
+    }
+    Ok(())
+}
+
+/// What one row takes in memory: its cells and their strings.
+fn row_bytes(row: &[Cell]) -> usize {
+    row.iter()
+        .map(|c| {
+            std::mem::size_of::<Cell>()
+                + match c {
+                    Cell::Text(s) => s.len(),
+                    _ => 0,
+                }
+        })
+        .sum::<usize>()
+        + std::mem::size_of::<Vec<Cell>>()
+}
+
+/// The refusal of a message whose rows would take more than
+/// [`MAX_MESSAGE_ROWS_BYTES`]: a sender could otherwise make one body of
+/// 1 MiB into gigabytes (a million `Records` elements, or `EVENT` in each
+/// of many rows).
+fn too_many_rows(rows: usize) -> Reject {
+    reject(
+        RejectReason::TooLarge,
+        format!(
+            "its rows take more than {} MiB (after {rows} rows); a message's rows may take at most that",
+            MAX_MESSAGE_ROWS_BYTES >> 20
+        ),
+    )
+}
+
 /// Longest idempotency key kept as is in the ledger; longer ones are hashed
 /// (a btree entry holds at most about 2,700 bytes).
 const MAX_KEY_BYTES: usize = 512;
@@ -53,24 +126,41 @@ const MAX_KEY_BYTES: usize = 512;
 /// The ledger key of a message for `plan`, or why the key is missing (the
 /// message id is then its key, and the message a dead letter).
 pub fn ledger_key(plan: &Plan, m: &Message, event: Option<&Event>) -> Result<String, Reject> {
+    // Scoped by the pipeline's catalog id (never reused), and a hashed key
+    // by a kind of its own, so no value can spell another's key.
     let scoped = |kind: &str, value: &str| {
         if value.len() > MAX_KEY_BYTES {
             format!(
-                "{kind}:{}:sha256:{}",
-                plan.pipeline,
+                "{kind}h:{}:{}",
+                plan.pipeline_id,
                 hex::encode(Sha256::digest(value))
             )
         } else {
-            format!("{kind}:{}:{value}", plan.pipeline)
+            format!("{kind}:{}:{value}", plan.pipeline_id)
         }
     };
     match &plan.idempotency {
         Idempotency::MessageId => Ok(m.message_id.clone()),
         Idempotency::Body => Ok(format!(
             "body:{}:{}",
-            plan.pipeline,
+            plan.pipeline_id,
             hex::encode(Sha256::digest(m.body.as_bytes()))
         )),
+        Idempotency::Envelope(f) => {
+            let value = event.and_then(|e| {
+                e.fields
+                    .iter()
+                    .find(|(k, _)| k == f)
+                    .map(|(_, v)| v.as_str())
+            });
+            match value {
+                Some(v) if !v.is_empty() => Ok(scoped("envelope", v)),
+                _ => Err(reject(
+                    RejectReason::MissingField,
+                    format!("the idempotency key ENVELOPE {} is missing", f.name()),
+                )),
+            }
+        }
         Idempotency::Path(p) => {
             let missing = || {
                 reject(
@@ -118,6 +208,8 @@ pub fn build(
         rows: Vec::new(),
         pairs: Vec::new(),
     };
+    // what the rows take so far (refused past MAX_MESSAGE_ROWS_BYTES)
+    let mut bytes = 0usize;
     let Some(rows_path) = &plan.rows else {
         let row = build_row(
             plan,
@@ -128,7 +220,9 @@ pub fn build(
             limits,
             now_ms,
             &mut out.pairs,
-        )?;
+            &mut bytes,
+        )
+        .map_err(|r| r.or_too_many_rows(1))?;
         out.rows.push(row);
         return Ok(out);
     };
@@ -149,12 +243,14 @@ pub fn build(
             limits,
             now_ms,
             &mut out.pairs,
+            &mut bytes,
         )
-        .map_err(|r| {
-            reject(
+        .map_err(|r| match r {
+            RowError::TooMuch => too_many_rows(i + 1),
+            RowError::Refused(r) => reject(
                 r.reason,
                 format!("element {i} of {rows_path}: {}", r.detail),
-            )
+            ),
         })?;
         out.rows.push(row);
     }
@@ -202,20 +298,22 @@ fn build_row(
     limits: &Limits,
     now_ms: i64,
     pairs: &mut Vec<(String, String)>,
-) -> Result<Vec<Cell>, Reject> {
+    bytes: &mut usize,
+) -> Result<Vec<Cell>, RowError> {
     if !plan.fields.is_empty() {
         match row {
             Value::Object(o) => {
                 if !plan.fields.iter().any(|f| o.contains_key(f)) {
                     let keys: Vec<&str> = o.keys().map(String::as_str).collect();
-                    return Err(unrecognized(plan, keys, event));
+                    return Err(unrecognized(plan, keys, event).into());
                 }
             }
             other => {
                 return Err(reject(
                     RejectReason::NotObject,
                     format!("the row is a JSON {}, not an object", json_kind(other)),
-                ))
+                )
+                .into())
             }
         }
     }
@@ -224,9 +322,12 @@ fn build_row(
     let mut raws: Vec<Raw<'_>> = Vec::with_capacity(plan.columns.len());
     for c in &plan.columns {
         let raw = extract(c, m, event, row, now_ms)?;
+        if let Raw::Text(s) = &raw {
+            spend(bytes, s.len())?;
+        }
         if let (Some(want), Raw::Json(v)) = (c.spec.json_type, &raw) {
             if !v.is_null() && !json_type_is(v, want) {
-                return Err(reject(
+                return Err(RowError::Refused(reject(
                     RejectReason::WrongType,
                     format!(
                         "{} must be {} or null, got {}",
@@ -234,12 +335,12 @@ fn build_row(
                         want.name(),
                         json_kind(v)
                     ),
-                ));
+                )));
             }
         }
         if let Raw::Json(Value::String(s)) = &raw {
             if s.contains('\0') {
-                return Err(nul(&c.field));
+                return Err(nul(&c.field).into());
             }
         }
         raws.push(raw);
@@ -257,7 +358,8 @@ fn build_row(
                 return Err(reject(
                     RejectReason::MissingField,
                     format!("{} is required", c.field),
-                ));
+                )
+                .into());
             }
             if let Some(d) = &c.spec.default {
                 *raw = Raw::Text(d.clone());
@@ -266,8 +368,21 @@ fn build_row(
     }
     // 3. conversion: masks, transforms, lengths
     let mut cells = Vec::with_capacity(plan.columns.len());
+    // (every cell counts, NULLs too, and each vaulted raw value with its mask)
+    spend(bytes, std::mem::size_of::<Vec<Cell>>())?;
     for (c, raw) in plan.columns.iter().zip(raws) {
-        cells.push(convert(c, raw, masker, limits, pairs)?);
+        let vaulted = pairs.len();
+        let cell = convert(c, raw, masker, limits, pairs)?;
+        let pair_bytes: usize = pairs[vaulted..]
+            .iter()
+            .map(|(m, v)| m.len() + v.len() + 2 * std::mem::size_of::<String>())
+            .sum();
+        let text = match &cell {
+            Cell::Text(s) => s.len(),
+            _ => 0,
+        };
+        spend(bytes, text + pair_bytes)?;
+        cells.push(cell);
     }
     Ok(cells)
 }

@@ -444,6 +444,13 @@ pub fn parse_columns(text: &str) -> Result<Vec<ColumnSpec>, SyntaxError> {
     Ok(out)
 }
 
+/// A column list as the catalog stores it: one column per line, each in
+/// the form [`parse_columns`] reads back to the same columns.
+pub fn print_columns(columns: &[ColumnSpec]) -> String {
+    let lines: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
+    lines.join(",\n")
+}
+
 /// Parses one source (a router's discriminator).
 pub fn parse_source(text: &str) -> Result<Source, SyntaxError> {
     let mut p = Parser {
@@ -554,7 +561,81 @@ mod tests {
         assert!(parse_source("PATH '$.a' PATH '$.b'").is_err());
     }
 
+    #[test]
+    fn a_printed_column_list_reads_back_the_same() {
+        let text = "bucket text PATH '$.s3.bucket.name' STRING REQUIRED,
+            \"Size\" bigint EVENT PATH '$.\"it''s\"' NUMBER DEFAULT 'it''s',
+            t CONSTANT 'a''b' USING lower IF EXISTS,
+            m PATH '$.m' MASKED UNRECOVERABLE, r PATH '$.r' MASKED,
+            \"da-sh\" ATTRIBUTE 'x''y', e jsonb EVENT, n numeric(10,2) MESSAGE receive_count,
+            env ENVELOPE detail_type";
+        let cols = parse_columns(text).unwrap();
+        let printed = print_columns(&cols);
+        assert_eq!(parse_columns(&printed).unwrap(), cols, "{printed}");
+        assert!(
+            printed.starts_with(
+                "bucket text PATH '$.s3.bucket.name' STRING REQUIRED,\n\"Size\" bigint EVENT PATH"
+            ),
+            "{printed}"
+        );
+    }
+
+    fn arb_source() -> impl Strategy<Value = Source> {
+        let text = "[a-zA-Z0-9' _\"-]{0,12}";
+        prop_oneof![
+            "[a-z_][a-z0-9_]{0,6}(\\.[a-z_][a-z0-9_]{0,6}){0,3}"
+                .prop_map(|p| Source::Path(JsonPath::parse(&format!("$.{p}")).unwrap())),
+            "[a-z_][a-z0-9_]{0,6}"
+                .prop_map(|p| Source::EventPath(JsonPath::parse(&format!("$.{p}[*]")).unwrap())),
+            Just(Source::Event),
+            (0..MessageField::ALL.len()).prop_map(|i| Source::Message(MessageField::ALL[i].1)),
+            (0..EnvelopeField::ALL.len()).prop_map(|i| Source::Envelope(EnvelopeField::ALL[i].1)),
+            text.prop_map(Source::Attribute),
+            text.prop_map(Source::Constant),
+        ]
+    }
+
+    prop_compose! {
+        fn arb_column()(
+            column in "([a-z_][a-z0-9_]{0,8}|[A-Za-z \"-]{1,8})",
+            declared_type in proptest::option::of(prop_oneof![
+                Just("text".to_string()), Just("numeric(10,2)".to_string()),
+                Just("timestamp with time zone".to_string()), Just("public.\"My Type\"[]".to_string())]),
+            source in arb_source(),
+            json in proptest::option::of(0usize..5),
+            required in any::<bool>(),
+            default in proptest::option::of("[a-z' ]{0,6}"),
+            transform in proptest::option::of(0..Transform::ALL.len()),
+            mask in proptest::option::of(any::<bool>()),
+            if_exists in any::<bool>(),
+        ) -> ColumnSpec {
+            let path = matches!(source, Source::Path(_) | Source::EventPath(_));
+            let mut c = ColumnSpec::new(&column, source);
+            c.declared_type = declared_type;
+            c.json_type = json.filter(|_| path).map(|i| [JsonType::String, JsonType::Number,
+                JsonType::Boolean, JsonType::Object, JsonType::Array][i]);
+            c.required = required;
+            c.default = default.filter(|_| !required);
+            c.mask = mask.map(|r| if r { Mask::Recoverable } else { Mask::Unrecoverable });
+            c.transform = transform.filter(|_| c.mask.is_none()).map(|i| Transform::ALL[i].1);
+            c.if_exists = if_exists;
+            c
+        }
+    }
+
     proptest! {
+        /// The catalog's form of any valid column reads back as the same
+        /// column.
+        #[test]
+        fn any_column_prints_and_reads_back(cols in proptest::collection::vec(arb_column(), 1..4)) {
+            let mut cols = cols;
+            cols.dedup_by(|a, b| a.column == b.column);
+            let mut seen = std::collections::HashSet::new();
+            cols.retain(|c| seen.insert(c.column.clone()));
+            let printed = print_columns(&cols);
+            prop_assert_eq!(parse_columns(&printed).unwrap(), cols, "{}", printed);
+        }
+
         /// Any text parses or is refused with a reason: never a panic.
         #[test]
         fn any_column_list_parses_or_is_refused(text in "[a-z $.'\",()\\[\\]0-9-]{0,60}") {

@@ -14,7 +14,9 @@
 //! - [`transform`]: the built-in transforms.
 //! - [`router`]: routing by a discriminator.
 //! - [`login`]: the built-in login pipeline (the exercise).
+//! - [`catalog`]: pipelines and routers as catalog rows: checked, read back.
 
+pub mod catalog;
 pub mod engine;
 pub mod event;
 pub mod grammar;

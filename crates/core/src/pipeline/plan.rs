@@ -8,7 +8,7 @@
 use std::fmt;
 
 use super::path::JsonPath;
-use super::spec::{ColumnSpec, MessageField, Source, Transform};
+use super::spec::{ColumnSpec, EnvelopeField, MessageField, Source, Transform};
 use crate::contract::RejectReason;
 use crate::error::{Classified, ErrorKind};
 use crate::mask::MASK_LEN;
@@ -58,7 +58,10 @@ impl TypeKind {
 pub struct TargetColumn {
     pub name: String,
     pub kind: TypeKind,
-    /// The type as PostgreSQL spells it (`format_type`), for messages.
+    /// The type as `format_type` spells it with an empty search_path:
+    /// schema-qualified unless in pg_catalog, with its typmod
+    /// (`numeric(10,2)`, `public.email`). Named in messages, and the cast
+    /// that tells which value of a refused row its column's type refuses.
     pub display: String,
     /// The type, schema-qualified and quoted, that a text value is cast to
     /// (the domain itself for a domain; its typmod is left to the INSERT's
@@ -89,6 +92,10 @@ pub enum Idempotency {
     Body,
     /// The producer's event id, at this path in the event.
     Path(JsonPath),
+    /// A field of the envelope the event came in: an EventBridge event's
+    /// `id` (`event_id`), an SNS notification's `MessageId`
+    /// (`sns_message_id`).
+    Envelope(EnvelopeField),
 }
 
 impl Idempotency {
@@ -99,10 +106,13 @@ impl Idempotency {
             t if t.starts_with('$') => JsonPath::parse(t)
                 .map(Idempotency::Path)
                 .map_err(|e| PlanError::Syntax(e.to_string())),
-            t => Err(PlanError::Syntax(format!(
-                "idempotency is message_id, body or a JSON path ($.id), not {:?}",
-                crate::reject::truncate(t, 40)
-            ))),
+            t => match super::grammar::parse_source(t) {
+                Ok(Source::Envelope(f)) => Ok(Idempotency::Envelope(f)),
+                _ => Err(PlanError::Syntax(format!(
+                    "idempotency is message_id, body, a JSON path ($.id) or an ENVELOPE field (ENVELOPE event_id), not {:?}",
+                    crate::reject::truncate(t, 40)
+                ))),
+            },
         }
     }
 }
@@ -113,6 +123,7 @@ impl fmt::Display for Idempotency {
             Idempotency::MessageId => f.write_str("message_id"),
             Idempotency::Body => f.write_str("body"),
             Idempotency::Path(p) => write!(f, "{p}"),
+            Idempotency::Envelope(e) => write!(f, "ENVELOPE {}", e.name()),
         }
     }
 }
@@ -121,6 +132,10 @@ impl fmt::Display for Idempotency {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Definition {
     pub name: String,
+    /// Its catalog id (`pipeline_definitions.id`), never reused: ledger keys
+    /// and dead letters name it, so a pipeline dropped and made again under
+    /// the same name inherits neither.
+    pub id: i64,
     pub columns: Vec<ColumnSpec>,
     /// One row per element this path selects (None: one row per event).
     pub rows: Option<JsonPath>,
@@ -152,6 +167,8 @@ pub struct Planned {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub pipeline: String,
+    /// The definition's catalog id.
+    pub pipeline_id: i64,
     pub target: String,
     /// In INSERT order: parameter n is `columns[n-1]`'s array.
     pub columns: Vec<Planned>,
@@ -346,10 +363,7 @@ pub fn plan(
         } else if let Some(why) = source_fits(spec, col.kind) {
             return Err(cannot(why));
         }
-        if matches!(
-            spec.source,
-            Source::Attribute(_) | Source::Message(MessageField::Attributes)
-        ) {
+        if spec.source.needs_message_attributes() {
             wants_message_attributes = true;
         }
         let array = match (&spec.transform, &spec.source, col.kind) {
@@ -397,6 +411,7 @@ pub fn plan(
     let insert_sql = insert_sql(&target.sql_name, &columns);
     Ok(Plan {
         pipeline: def.name.clone(),
+        pipeline_id: def.id,
         target: target.sql_name.clone(),
         columns,
         insert_sql,
@@ -504,6 +519,7 @@ pub(crate) mod tests {
     fn def(columns: &str) -> Definition {
         Definition {
             name: "p".into(),
+            id: 7,
             columns: parse_columns(columns).unwrap(),
             rows: None,
             idempotency: Idempotency::MessageId,
@@ -529,6 +545,25 @@ pub(crate) mod tests {
             "pg_catalog.int4",
             23,
         )
+    }
+
+    /// SQS sends a message's deduplication id and sender id only when the
+    /// drain asks for every kept attribute: a column of either asks.
+    #[test]
+    fn a_column_of_a_message_field_sqs_sends_on_request_asks_for_it() {
+        let t = target(vec![text("a", None)]);
+        for (source, wants) in [
+            ("MESSAGE deduplication_id", true),
+            ("MESSAGE sender_id", true),
+            ("MESSAGE attributes", true),
+            ("ATTRIBUTE 'x'", true),
+            ("MESSAGE group_id", false),
+            ("MESSAGE message_id", false),
+            ("PATH '$.a'", false),
+        ] {
+            let p = plan(&def(&format!("a {source}")), &t, &types).unwrap();
+            assert_eq!(p.wants_message_attributes, wants, "{source}");
+        }
     }
 
     #[test]
@@ -640,6 +675,10 @@ pub(crate) mod tests {
             Idempotency::MessageId
         );
         assert_eq!(Idempotency::parse(" body ").unwrap(), Idempotency::Body);
+        let e = Idempotency::parse("ENVELOPE event_id").unwrap();
+        assert_eq!(e, Idempotency::Envelope(EnvelopeField::EventId));
+        assert_eq!(Idempotency::parse(&e.to_string()).unwrap(), e);
+        assert!(Idempotency::parse("MESSAGE group_id").is_err());
         assert!(matches!(
             Idempotency::parse("$.detail.id").unwrap(),
             Idempotency::Path(_)

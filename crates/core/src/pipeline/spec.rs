@@ -148,6 +148,17 @@ pub enum JsonType {
 }
 
 impl JsonType {
+    /// Its keyword in a column list.
+    pub fn keyword(self) -> &'static str {
+        match self {
+            JsonType::String => "STRING",
+            JsonType::Number => "NUMBER",
+            JsonType::Boolean => "BOOLEAN",
+            JsonType::Object => "OBJECT",
+            JsonType::Array => "ARRAY",
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             JsonType::String => "a string",
@@ -246,16 +257,87 @@ impl ColumnSpec {
     }
 }
 
+/// `s` as a SQL string literal (`'it''s'`).
+pub(crate) fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// A column name as the column list writes it: bare when it reads back
+/// the same (lower case, ASCII), else in double quotes.
+pub(crate) fn column_name(name: &str) -> String {
+    let bare = name
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'$');
+    if bare {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
+/// A column as the column list writes it (the form the catalog stores and
+/// `fetch_etl.pipelines` shows): `name [type] source [options]`.
+impl fmt::Display for ColumnSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&column_name(&self.column))?;
+        if let Some(t) = &self.declared_type {
+            write!(f, " {t}")?;
+        }
+        write!(f, " {}", self.source)?;
+        if let Some(t) = self.json_type {
+            write!(f, " {}", t.keyword())?;
+        }
+        if self.required {
+            f.write_str(" REQUIRED")?;
+        }
+        if let Some(d) = &self.default {
+            write!(f, " DEFAULT {}", literal(d))?;
+        }
+        if let Some(t) = self.transform {
+            write!(f, " USING {}", t.name())?;
+        }
+        match self.mask {
+            Some(Mask::Recoverable) => f.write_str(" MASKED")?,
+            Some(Mask::Unrecoverable) => f.write_str(" MASKED UNRECOVERABLE")?,
+            None => {}
+        }
+        if self.if_exists {
+            f.write_str(" IF EXISTS")?;
+        }
+        Ok(())
+    }
+}
+
+impl Source {
+    /// Whether its value is one SQS sends only when a drain asks for every
+    /// kept attribute (message attributes, the deduplication and sender ids).
+    pub fn needs_message_attributes(&self) -> bool {
+        matches!(
+            self,
+            Source::Attribute(_)
+                | Source::Message(
+                    MessageField::Attributes
+                        | MessageField::DeduplicationId
+                        | MessageField::SenderId
+                )
+        )
+    }
+}
+
 impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Source::Path(p) => write!(f, "PATH '{p}'"),
-            Source::EventPath(p) => write!(f, "EVENT PATH '{p}'"),
+            Source::Path(p) => write!(f, "PATH {}", literal(p.as_str())),
+            Source::EventPath(p) => write!(f, "EVENT PATH {}", literal(p.as_str())),
             Source::Event => f.write_str("EVENT"),
             Source::Message(m) => write!(f, "MESSAGE {}", m.name()),
-            Source::Attribute(a) => write!(f, "ATTRIBUTE '{}'", a.replace('\'', "''")),
+            Source::Attribute(a) => write!(f, "ATTRIBUTE {}", literal(a)),
             Source::Envelope(e) => write!(f, "ENVELOPE {}", e.name()),
-            Source::Constant(c) => write!(f, "CONSTANT '{}'", c.replace('\'', "''")),
+            Source::Constant(c) => write!(f, "CONSTANT {}", literal(c)),
         }
     }
 }
