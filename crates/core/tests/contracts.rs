@@ -8,9 +8,11 @@ use fetch_etl_core::contract::{OnError, RejectReason, RunStatus};
 use fetch_etl_core::settings;
 
 fn repo_file(path: &str) -> String {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(path);
+    // At run time, not `env!`: a test binary reused from a shared target
+    // directory by a clone at another path must read this clone's files.
+    let dir =
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    let p = PathBuf::from(dir).join("../..").join(path);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
