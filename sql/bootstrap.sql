@@ -219,7 +219,12 @@ CREATE TABLE fetch_etl.dead_letters (
     -- the pipeline or router of the drain that refused it, which its replay
     -- runs again, and its id (0.6.0; NULL before: the login pipeline)
     pipeline       text,
-    pipeline_id    bigint
+    pipeline_id    bigint,
+    -- the key the ledger recorded for it (NULL: its message id), and the
+    -- message's attributes: a replay sees the message as the drain did, and
+    -- records the pipeline's key when it differs (0.6.0)
+    ledger_key     text,
+    attributes     jsonb
 );
 ALTER SEQUENCE fetch_etl.dead_letters_id_seq OWNED BY fetch_etl.dead_letters.dead_letter_id;
 CREATE INDEX dead_letters_run ON fetch_etl.dead_letters (run_id);

@@ -112,7 +112,8 @@ END
 $trust$;
 
 ALTER TABLE fetch_etl.drain_runs ADD COLUMN pipeline text;
-ALTER TABLE fetch_etl.dead_letters ADD COLUMN pipeline text, ADD COLUMN pipeline_id bigint;
+ALTER TABLE fetch_etl.dead_letters ADD COLUMN pipeline text, ADD COLUMN pipeline_id bigint,
+    ADD COLUMN ledger_key text, ADD COLUMN attributes jsonb;
 
 -- Pipelines and routers (0.6.0): how each message of a queue becomes rows of
 -- a table (docs/pipelines.md). Changed only through create_pipeline,

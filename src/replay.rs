@@ -22,6 +22,7 @@
 use pgrx::prelude::*;
 
 use fetch_etl_core::budget::{byte_runs, REPLAY_PAGE_ROWS, STORE_FLUSH_BYTES};
+use fetch_etl_core::message::restore_attributes;
 use fetch_etl_sqs::Message;
 
 use fetch_etl_core::pipeline::login::LOGIN;
@@ -91,7 +92,7 @@ pub(crate) fn replay(args: &Args<'_>) -> Replayed {
         let sizes: Vec<usize> = page.iter().map(|&(_, n)| n).collect();
         for run in byte_runs(&sizes, STORE_FLUSH_BYTES) {
             let ids: Vec<i64> = page[run].iter().map(|&(id, _)| id).collect();
-            let r = replay_run(owner, &mut store, &ids);
+            let r = replay_run(owner, &mut store, &ids, catalog >= (0, 6, 0));
             done.replayed += r.replayed;
             done.loaded += r.loaded;
             done.rejected += r.rejected;
@@ -201,25 +202,30 @@ fn lock_page(owner: pg_sys::Oid, f: &Filter<'_>, limit: i64) -> Vec<(i64, usize)
 
 /// Reads the bodies of `ids` (locked by [`lock_page`]), loads them and
 /// records the outcome on each dead letter.
-fn replay_run(owner: pg_sys::Oid, store: &mut Store, ids: &[i64]) -> Replayed {
+fn replay_run(owner: pg_sys::Oid, store: &mut Store, ids: &[i64], keeps_keys: bool) -> Replayed {
+    // the ledger key and attributes the drain kept (0.6.0)
+    let kept = if keeps_keys {
+        "ledger_key, attributes::pg_catalog.text"
+    } else {
+        "NULL::pg_catalog.text, NULL::pg_catalog.text"
+    };
+    let sql = format!(
+        "SELECT dead_letter_id, message_id, body, \
+                (pg_catalog.date_part('epoch', sent_at) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8, \
+                receive_count, {kept} \
+         FROM fetch_etl.dead_letters \
+         WHERE dead_letter_id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.int8[]) \
+         ORDER BY dead_letter_id"
+    );
     Spi::connect_mut(|client| {
-        let picked: Vec<(i64, Message)> = as_owner(owner, || {
+        let picked: Vec<(i64, Message, Option<String>)> = as_owner(owner, || {
             client
-                .update(
-                    "SELECT dead_letter_id, message_id, body, \
-                            (pg_catalog.date_part('epoch', sent_at) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8, \
-                            receive_count \
-                     FROM fetch_etl.dead_letters \
-                     WHERE dead_letter_id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.int8[]) \
-                     ORDER BY dead_letter_id",
-                    None,
-                    &[ids.to_vec().into()],
-                )
+                .update(&sql, None, &[ids.to_vec().into()])
                 .or_raise_spi("dead letters")
                 .map(|row| {
                     let id = row.get::<i64>(1).ok().flatten().unwrap_or_default();
                     let text = |i| row.get::<String>(i).ok().flatten().unwrap_or_default();
-                    let m = Message {
+                    let mut m = Message {
                         message_id: text(2),
                         receipt_handle: String::new(),
                         body: text(3),
@@ -227,14 +233,25 @@ fn replay_run(owner: pg_sys::Oid, store: &mut Store, ids: &[i64]) -> Replayed {
                         receive_count: row.get::<i32>(5).ok().flatten(),
                         ..Message::default()
                     };
-                    (id, m)
+                    if let Some(a) = row.get::<String>(7).ok().flatten() {
+                        restore_attributes(&mut m, &a);
+                    }
+                    (id, m, row.get::<String>(6).ok().flatten())
                 })
                 .collect()
         });
-        let msgs: Vec<&Message> = picked.iter().map(|(_, m)| m).collect();
-        let outcome = store.load(client, &msgs);
+        let msgs: Vec<&Message> = picked.iter().map(|(_, m, _)| m).collect();
+        let keys: Vec<Option<&str>> = picked.iter().map(|(_, _, k)| k.as_deref()).collect();
+        let outcome = store.load(client, &msgs, &keys);
         store.flush_vault(client);
-        let loaded_ids: Vec<i64> = outcome.loaded.iter().map(|&i| picked[i].0).collect();
+        // Loaded, or a duplicate of an event loaded before: done with.
+        let loaded_ids: Vec<i64> = outcome
+            .loaded
+            .iter()
+            .chain(&outcome.duplicates)
+            .map(|&i| picked[i].0)
+            .collect();
+        let deferred_ids: Vec<i64> = outcome.deferred.iter().map(|&i| picked[i].0).collect();
         let refused_ids: Vec<i64> = outcome.refused.iter().map(|r| picked[r.index].0).collect();
         let codes: Vec<&str> = outcome.refused.iter().map(|r| r.reason.as_str()).collect();
         let reasons: Vec<&str> = outcome.refused.iter().map(|r| r.text.as_str()).collect();
@@ -257,6 +274,16 @@ fn replay_run(owner: pg_sys::Oid, store: &mut Store, ids: &[i64]) -> Replayed {
                      WHERE d.dead_letter_id OPERATOR(pg_catalog.=) t.id",
                     None,
                     &[refused_ids.into(), codes.into(), reasons.into()],
+                )
+                .or_raise_spi("dead letters");
+            // held by another session: tried again by a later replay (not
+            // this one, which takes each dead letter once)
+            client
+                .update(
+                    "UPDATE fetch_etl.dead_letters SET last_replay_at = pg_catalog.now() \
+                     WHERE dead_letter_id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.int8[])",
+                    None,
+                    &[deferred_ids.into()],
                 )
                 .or_raise_spi("dead letters");
         });

@@ -701,6 +701,51 @@ def test_threat_a_router_whose_owner_lost_a_pipeline_cannot_drain_it(pg, sqs, ow
         pg.execute(f"DROP OWNED BY {router_owner} CASCADE; DROP ROLE {router_owner}")
 
 
+def test_threat_a_replayed_dead_letter_is_not_loaded_again_by_a_redriven_copy(pg, sqs):
+    """A message a router refused (no route) was ledgered by its message id
+    only: its pipeline's event-id key was never read. Before the fix, a replay
+    loaded it without recording that key, so a redriven copy (same body, new
+    MessageId) drained afterwards loaded the same event a second time."""
+    pg.execute("CREATE TABLE public.orders (id text)")
+    create_pipeline(pg, "orders", "public.orders", "id PATH '$.id' REQUIRED", idempotency="$.id")
+    route_by = "PATH '$.type'"
+    pg.execute("SELECT fetch_etl.create_router('shop', %s, %s)", (route_by, json.dumps({"OrderShipped": "orders"})))
+    raw, url, _ = new_queue(sqs)
+    event = {"type": "OrderPlaced", "id": "o-1"}
+    send(sqs, raw, [event, event])  # two copies, both refused: no route
+    assert counts(drain(pg, url, pipeline="shop")) == (2, 0, 2, 0)
+    pg.execute("SELECT fetch_etl.create_router('shop', %s, %s, replace => true)",
+               (route_by, json.dumps({"OrderShipped": "orders", "OrderPlaced": "orders"})))
+    # both dead letters are done with; the event loads once
+    assert pg.execute("SELECT * FROM fetch_etl.replay_dead_letters(pipeline => 'shop')").fetchone() == (2, 1, 0)
+    assert pg.execute("SELECT count(*) FROM fetch_etl.dead_letters WHERE replayed_at IS NULL").fetchone() == (0,)
+    send(sqs, raw, [event])  # the redrive
+    assert counts(drain(pg, url, pipeline="shop")) == (1, 0, 0, 1)
+    assert pg.execute("SELECT id FROM public.orders").fetchall() == [("o-1",)]
+
+
+def test_threat_a_replay_routes_by_the_attributes_the_message_was_sent_with(pg, sqs):
+    """Before the fix a replay rebuilt messages without their attributes: a
+    router by ATTRIBUTE sent every dead letter to `otherwise`, another table,
+    where the value its own pipeline masks arrived in clear."""
+    pg.execute("CREATE TABLE public.a (v text, ssn text); CREATE TABLE public.catchall (body jsonb)")
+    create_pipeline(pg, "pa", "public.a", "v PATH '$.v' REQUIRED, ssn PATH '$.ssn' MASKED")
+    create_pipeline(pg, "catchall", "public.catchall", "body EVENT")
+    pg.execute("SELECT fetch_etl.create_router('k', %s, %s, otherwise => 'catchall')",
+               ("ATTRIBUTE 'kind'", json.dumps({"A": "pa"})))
+    raw, url, _ = new_queue(sqs)
+    send(sqs, raw, [{"ssn": "123-45-6789"}], MessageAttributes={"kind": {"DataType": "String", "StringValue": "A"}})
+    assert counts(drain(pg, url, pipeline="k")) == (1, 0, 1, 0)
+    [(attributes,)] = pg.execute("SELECT attributes FROM fetch_etl.dead_letters").fetchall()
+    assert attributes["message_attributes"] == [{"name": "kind", "data_type": "String", "string_value": "A"}]
+    # pa now takes events without v
+    create_pipeline(pg, "pa", "public.a", "v PATH '$.v', ssn PATH '$.ssn' MASKED", replace=True)
+    assert pg.execute("SELECT * FROM fetch_etl.replay_dead_letters(pipeline => 'k')").fetchone() == (1, 1, 0)
+    assert pg.execute("SELECT count(*) FROM public.catchall").fetchone() == (0,)
+    [(v, ssn)] = pg.execute("SELECT v, ssn FROM public.a").fetchall()
+    assert v is None and len(ssn) == 64 and ssn != "123-45-6789"
+
+
 # ------------------------------------------------------------------ upgrade
 
 

@@ -8,7 +8,7 @@ use pgrx::spi::{OwnedPreparedStatement, SpiClient};
 
 use fetch_etl_core::contract::RejectReason;
 use fetch_etl_core::dead_letter::{stored_body, StoredBody};
-use fetch_etl_core::message::Message;
+use fetch_etl_core::message::{attributes_json, Message};
 
 use super::{prepare, INT8_ARRAY, TEXT_ARRAY};
 use crate::postgres::error::SpiOrRaise;
@@ -18,7 +18,7 @@ use crate::postgres::spi::as_owner;
 /// Parameters: run id, queue URL, ids, bodies, codes, reasons, sent ms,
 /// receive counts, the producing role, the target tables, the bodies' sizes
 /// as received, whether each was cut (0.5.0), the drain's pipeline and its
-/// id (0.6.0).
+/// id, each message's ledger key and its attributes (0.6.0).
 /// The sent times are in range (the wire layer drops impossible ones), so
 /// the conversion cannot fail. For an older catalog (the library was
 /// upgraded, the database not yet) the columns it lacks are left out: a
@@ -29,8 +29,19 @@ fn dead_letter_sql(catalog: (u32, u32, u32)) -> String {
     } else {
         ("", "")
     };
+    let (more_arrays, more_names) = if catalog >= (0, 6, 0) {
+        (
+            ", pg_catalog.unnest($15::pg_catalog.text[]), pg_catalog.unnest($16::pg_catalog.text[])",
+            ", k, a",
+        )
+    } else {
+        ("", "")
+    };
     let (pipeline_col, pipeline_val) = if catalog >= (0, 6, 0) {
-        (", pipeline, pipeline_id", ", $13, $14")
+        (
+            ", pipeline, pipeline_id, ledger_key, attributes",
+            ", $13, $14, k, a::pg_catalog.jsonb",
+        )
     } else {
         ("", "")
     };
@@ -45,14 +56,16 @@ fn dead_letter_sql(catalog: (u32, u32, u32)) -> String {
                          pg_catalog.unnest($5::pg_catalog.text[]), pg_catalog.unnest($6::pg_catalog.text[]), \
                          pg_catalog.unnest($7::pg_catalog.int8[]), pg_catalog.unnest($8::pg_catalog.int4[]), \
                          pg_catalog.unnest($11::pg_catalog.int4[]), pg_catalog.unnest($12::pg_catalog.bool[]), \
-                         pg_catalog.unnest($10::pg_catalog.text[])) \
-              AS t(m, b, c, r, s, n, z, x, g)"
+                         pg_catalog.unnest($10::pg_catalog.text[]){more_arrays}) \
+              AS t(m, b, c, r, s, n, z, x, g{more_names})"
     )
 }
 
 /// One message to dead-letter.
 pub(crate) struct DeadLetter<'a> {
     pub(crate) message: &'a Message,
+    /// The key the ledger recorded for it (None: its message id).
+    pub(crate) key: Option<&'a str>,
     pub(crate) reason: RejectReason,
     /// `<reason>: <detail>`.
     pub(crate) text: &'a str,
@@ -90,6 +103,8 @@ impl DeadLetters {
             pg_sys::BOOLARRAYOID,
             pg_sys::TEXTOID,
             pg_sys::INT8OID,
+            TEXT_ARRAY,
+            TEXT_ARRAY,
         ];
         as_owner(owner, || DeadLetters {
             owner,
@@ -128,7 +143,23 @@ impl DeadLetters {
             .iter()
             .map(|b| i32::try_from(b.bytes).unwrap_or(i32::MAX))
             .collect();
-        let cut: Vec<bool> = stored.iter().map(|b| b.truncated).collect();
+        // A replay must see the message as the drain did (a router by
+        // ATTRIBUTE, a column FROM MESSAGE group_id): its attributes are
+        // kept, within the same cap as its body; a dead letter whose
+        // attributes do not fit is kept as cut, never replayed.
+        let attributes: Vec<Option<String>> =
+            letters.iter().map(|d| attributes_json(d.message)).collect();
+        let attributes_fit = |a: &Option<String>| a.as_ref().is_none_or(|a| a.len() <= cap);
+        let cut: Vec<bool> = stored
+            .iter()
+            .zip(&attributes)
+            .map(|(b, a)| b.truncated || !attributes_fit(a))
+            .collect();
+        let attributes: Vec<Option<&str>> = attributes
+            .iter()
+            .map(|a| a.as_deref().filter(|a| a.len() <= cap))
+            .collect();
+        let keys: Vec<Option<&str>> = letters.iter().map(|d| d.key).collect();
         let ids: Vec<&str> = letters
             .iter()
             .map(|d| d.message.message_id.as_str())
@@ -141,7 +172,7 @@ impl DeadLetters {
             .collect();
         let counts: Vec<Option<i32>> = letters.iter().map(|d| d.message.receive_count).collect();
         let targets: Vec<Option<&str>> = letters.iter().map(|d| d.target).collect();
-        let args: [DatumWithOid<'_>; 14] = [
+        let args: [DatumWithOid<'_>; 16] = [
             run_id.into(),
             queue_url.into(),
             ids.into(),
@@ -156,6 +187,8 @@ impl DeadLetters {
             cut.into(),
             pipeline.0.into(),
             pipeline.1.into(),
+            keys.into(),
+            attributes.into(),
         ];
         as_owner(self.owner, || {
             client

@@ -59,6 +59,14 @@ pub(crate) struct TargetRef {
 pub(crate) struct Outcome {
     pub(crate) loaded: Vec<usize>,
     pub(crate) refused: Vec<Refusal>,
+    /// The ledger key of each refused message (its dead letter keeps it).
+    pub(crate) refused_keys: HashMap<usize, String>,
+    /// A replay's messages whose key the ledger already holds for another
+    /// message: that event is loaded; these are not loaded again.
+    pub(crate) duplicates: Vec<usize>,
+    /// A replay's messages whose key another session's uncommitted drain or
+    /// replay holds: left as they are, for a later replay.
+    pub(crate) deferred: Vec<usize>,
 }
 
 /// Everything needed to store events through one set of pipelines.
@@ -79,6 +87,10 @@ pub(crate) struct Store {
     /// run recorded counts as received again).
     ids_seen: Option<HashSet<String>>,
 }
+
+/// The run id a replay records its ledger keys under (replays have no
+/// drain run).
+const REPLAY_RUN_ID: i64 = 0;
 
 /// See [`Store::ids_seen`]: about 3 MiB of ids.
 const MAX_IDS_SEEN: usize = 30_000;
@@ -328,7 +340,7 @@ impl Store {
         let outcome = self.write(client, fresh);
         counts.loaded += outcome.loaded.len() as i64;
         counts.rejected += outcome.refused.len() as i64;
-        self.dead_letters(client, run_id, queue_url, unique, &outcome.refused);
+        self.dead_letters(client, run_id, queue_url, unique, &outcome);
         if let Some(seen) = &mut self.ids_seen {
             for m in unique {
                 if seen.len() < MAX_IDS_SEEN {
@@ -339,25 +351,71 @@ impl Store {
         deferred
     }
 
-    /// Opens, routes, builds and writes `msgs` without the ledger (a replay
-    /// of dead letters): rows and vault pairs go in; dead letters are the
-    /// caller's to update, from `Outcome::refused`.
-    pub(crate) fn load(&mut self, client: &mut SpiClient<'_>, msgs: &[&Message]) -> Outcome {
+    /// Opens, routes, builds and writes `msgs`, dead letters being replayed:
+    /// rows and vault pairs go in; dead letters are the caller's to update,
+    /// from the outcome. `own_keys[i]` is the ledger key the drain recorded
+    /// for `msgs[i]` (None: its message id, as before 0.6.0). A message
+    /// whose key now differs (it was refused before its pipeline's key was
+    /// read: by a router, or as an unreadable body) records that key first,
+    /// so a redriven copy drained later is a duplicate; if the ledger holds
+    /// it already, that event was loaded and this one is not loaded again.
+    pub(crate) fn load(
+        &mut self,
+        client: &mut SpiClient<'_>,
+        msgs: &[&Message],
+        own_keys: &[Option<&str>],
+    ) -> Outcome {
         // in parts, as `store` does
         let mut out = Outcome::default();
         let mut at = 0;
         while at < msgs.len() {
-            let prepared: Vec<(usize, Prepared)> = self
-                .prepare(&msgs[at..])
-                .into_iter()
-                .enumerate()
-                .map(|(i, p)| (at + i, p))
-                .collect();
+            let prepared = self.prepare(&msgs[at..]);
+            let base = at;
             at += prepared.len();
-            let part = self.write(client, prepared);
+            let mut first: HashMap<String, usize> = HashMap::new();
+            let mut take: Vec<(usize, Prepared)> = Vec::with_capacity(prepared.len());
+            let mut later: Vec<(usize, Prepared)> = Vec::new();
+            for (k, p) in prepared.into_iter().enumerate() {
+                let i = base + k;
+                let own = own_keys
+                    .get(i)
+                    .copied()
+                    .flatten()
+                    .unwrap_or(msgs[i].message_id.as_str());
+                if matches!(p.made, Made::Refused(_)) || p.key == own {
+                    take.push((i, p));
+                } else if first.contains_key(&p.key) {
+                    out.duplicates.push(i);
+                } else {
+                    first.insert(p.key.clone(), i);
+                    later.push((i, p));
+                }
+            }
+            if !later.is_empty() {
+                let keys: Vec<&str> = later.iter().map(|(_, p)| p.key.as_str()).collect();
+                let ledgered = self.ledger.record(
+                    client,
+                    &keys,
+                    REPLAY_RUN_ID,
+                    settings::ledger_wait_timeout(),
+                );
+                for (i, p) in later {
+                    if ledgered.deferred.contains(&p.key) {
+                        out.deferred.push(i);
+                    } else if ledgered.is_new(&p.key) {
+                        take.push((i, p));
+                    } else {
+                        out.duplicates.push(i);
+                    }
+                }
+                take.sort_by_key(|(i, _)| *i);
+            }
+            let part = self.write(client, take);
             out.loaded.extend(part.loaded);
             out.refused.extend(part.refused);
         }
+        out.duplicates.sort_unstable();
+        out.deferred.sort_unstable();
         out
     }
 
@@ -367,10 +425,14 @@ impl Store {
         let mut out = Outcome::default();
         let mut columns: Vec<Columns> = self.pipelines.plans.iter().map(Columns::new).collect();
         let mut pairs: HashMap<usize, Vec<(String, String)>> = HashMap::new();
+        // the keys of the rows' messages, in index order (a refused row's
+        // dead letter keeps its key)
+        let mut row_keys: Vec<(usize, String)> = Vec::with_capacity(prepared.len());
         for (i, p) in prepared {
             match p.made {
                 Made::Rows { plan, loaded } => {
                     columns[plan].push(i, loaded.rows);
+                    row_keys.push((i, p.key));
                     if !loaded.pairs.is_empty() {
                         pairs.insert(i, loaded.pairs);
                     }
@@ -378,6 +440,7 @@ impl Store {
                 Made::Refused(mut r) => {
                     r.index = i;
                     out.refused.push(r);
+                    out.refused_keys.insert(i, p.key);
                 }
             }
         }
@@ -389,9 +452,14 @@ impl Store {
                 .map(|(k, _, _)| cols.messages[*k].0)
                 .collect();
             for (k, reason, why) in refused {
-                let mut r = Refusal::new(cols.messages[k].0, reason, why);
+                let i = cols.messages[k].0;
+                let mut r = Refusal::new(i, reason, why);
                 r.plan = Some(plan_index);
                 out.refused.push(r);
+                if let Ok(at) = row_keys.binary_search_by_key(&i, |(j, _)| *j) {
+                    out.refused_keys
+                        .insert(i, std::mem::take(&mut row_keys[at].1));
+                }
             }
             for (i, _) in &cols.messages {
                 if refused_msgs.contains(i) {
@@ -415,14 +483,21 @@ impl Store {
         run_id: i64,
         queue_url: &str,
         msgs: &[&Message],
-        refused: &[Refusal],
+        outcome: &Outcome,
     ) {
         let single =
             (self.pipelines.router.is_none()).then(|| self.pipelines.plans[0].target.as_str());
-        let letters: Vec<DeadLetter<'_>> = refused
+        let letters: Vec<DeadLetter<'_>> = outcome
+            .refused
             .iter()
             .map(|r| DeadLetter {
                 message: msgs[r.index],
+                // kept only when it is not the message id
+                key: outcome
+                    .refused_keys
+                    .get(&r.index)
+                    .map(String::as_str)
+                    .filter(|k| *k != msgs[r.index].message_id),
                 reason: r.reason,
                 text: &r.text,
                 target: r
