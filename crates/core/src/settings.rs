@@ -1,7 +1,8 @@
 //! Every `fetch_etl.*` setting: name, descriptions, default and bounds,
 //! defined once. The extension registers them with PostgreSQL from these
 //! (`src/postgres/settings.rs`); the pure code takes its defaults from them;
-//! `tests/contracts.rs` checks docs/reference.md against them.
+//! `tests/contracts.rs` checks docs/reference.md's settings table against
+//! them: names, defaults (as `SHOW` prints them) and who may set each.
 
 use std::ffi::CStr;
 
@@ -378,9 +379,57 @@ pub fn all_names() -> Vec<&'static str> {
     s.chain(e).chain(i).map(text).collect()
 }
 
+/// A setting's default as `SHOW` prints it (`64kB`, `10s`, `1h`, `auto`;
+/// `None` for an empty string), and who may change it: what
+/// docs/reference.md's settings table says (tests/contracts.rs checks it).
+pub fn shown_default(name: &str) -> Option<(Option<String>, Access)> {
+    if let Some(s) = STRINGS.iter().find(|s| text(s.name) == name) {
+        return Some((s.default.map(|d| text(d).to_string()), s.access));
+    }
+    if let Some(s) = ENUMS.iter().find(|s| text(s.name) == name) {
+        return Some((s.values.first().map(|v| v.to_string()), s.access));
+    }
+    let s = INTS.iter().find(|s| text(s.name) == name)?;
+    Some((Some(with_unit(s.default, s.unit)), s.access))
+}
+
+/// An integer in the largest unit that divides it, as PostgreSQL shows a
+/// setting with a unit.
+fn with_unit(v: i32, unit: Unit) -> String {
+    let units: &[(&str, i64)] = match unit {
+        Unit::None => &[],
+        Unit::Bytes => &[("GB", 1 << 30), ("MB", 1 << 20), ("kB", 1 << 10), ("B", 1)],
+        Unit::Milliseconds => &[
+            ("d", 86_400_000),
+            ("h", 3_600_000),
+            ("min", 60_000),
+            ("s", 1_000),
+            ("ms", 1),
+        ],
+        Unit::Seconds => &[("d", 86_400), ("h", 3_600), ("min", 60), ("s", 1)],
+    };
+    let v = i64::from(v);
+    if v > 0 {
+        if let Some((u, n)) = units.iter().find(|(_, n)| v % n == 0) {
+            return format!("{}{u}", v / n);
+        }
+    }
+    v.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn defaults_are_shown_in_the_largest_unit_that_divides_them() {
+        assert_eq!(with_unit(65_536, Unit::Bytes), "64kB");
+        assert_eq!(with_unit(1 << 20, Unit::Bytes), "1MB");
+        assert_eq!(with_unit(10_000, Unit::Milliseconds), "10s");
+        assert_eq!(with_unit(2_592_000, Unit::Seconds), "30d");
+        assert_eq!(with_unit(-1, Unit::Seconds), "-1");
+        assert_eq!(with_unit(8, Unit::None), "8");
+    }
 
     #[test]
     fn names_are_prefixed_unique_and_defaults_in_bounds() {

@@ -8,12 +8,8 @@ use fetch_etl_core::contract::{OnError, RejectReason, RunStatus};
 use fetch_etl_core::settings;
 
 fn repo_file(path: &str) -> String {
-    // At run time, not `env!`: a test binary reused from a shared target
-    // directory by a clone at another path must read this clone's files.
-    let dir =
-        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
-    let p = PathBuf::from(dir).join("../..").join(path);
-    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    let p = repo_file_path(path);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
 }
 
 /// The backticked first cells of the first table after the heading `heading`.
@@ -104,6 +100,48 @@ fn settings_match_the_reference() {
     assert_eq!(documented, defined);
 }
 
+/// Each setting's default and who may set it, as the reference's table
+/// gives them, against core::settings (an empty default is `empty`).
+#[test]
+fn settings_defaults_and_access_match_the_reference() {
+    let doc = repo_file("docs/reference.md");
+    let start = doc
+        .lines()
+        .position(|l| l.trim_end() == "## Settings")
+        .expect("## Settings");
+    let rows: Vec<Vec<String>> = doc
+        .lines()
+        .skip(start + 1)
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2)
+        .map(|l| {
+            l.trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().trim_matches('`').to_string())
+                .collect()
+        })
+        .collect();
+    assert!(!rows.is_empty());
+    let mut wrong = Vec::new();
+    for row in &rows {
+        let (name, default, who) = (&row[0], &row[1], &row[2]);
+        let (want, access) = settings::shown_default(name)
+            .unwrap_or_else(|| panic!("{name} is documented but not defined"));
+        let want = want.unwrap_or_else(|| "empty".to_string());
+        let want_who = match access {
+            settings::Access::Anyone => "anyone",
+            settings::Access::Superuser => "superuser",
+        };
+        if *default != want || who != want_who {
+            wrong.push(format!(
+                "{name}: documented {default} / {who}, defined {want} / {want_who}"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
 #[test]
 fn the_helpers_read_what_they_claim() {
     // A positive control for the parsers above, on a known snippet.
@@ -149,4 +187,87 @@ fn pipeline_kinds_match_the_sql_check() {
             "{file}"
         );
     }
+}
+
+/// The README's layout map (the first code block after `## Development`)
+/// names only paths that exist, and every source file and directory of the
+/// extension and its crates (lib.rs and mod.rs aside) by its name.
+#[test]
+fn the_readme_layout_matches_the_tree() {
+    let readme = repo_file("README.md");
+    let after = &readme[readme.find("## Development").expect("## Development")..];
+    let start = after.find("```\n").expect("a code block") + 4;
+    let block = &after[start..start + after[start..].find("```").expect("its end")];
+    let root = PathBuf::from(repo_file_path(""));
+    let mut missing = Vec::new();
+    let mut base = PathBuf::new();
+    for line in block.lines() {
+        let indented = line.starts_with(' ');
+        let Some(first) = line.split_whitespace().next() else {
+            continue;
+        };
+        let first = first.trim_end_matches(',');
+        let is_path = (first.ends_with('/') || first.contains('.'))
+            && first
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_./-".contains(c));
+        if !is_path {
+            continue;
+        }
+        let path = if indented {
+            base.join(first)
+        } else {
+            PathBuf::from(first)
+        };
+        if !indented && first.ends_with('/') {
+            base = PathBuf::from(first);
+        }
+        if !root.join(&path).exists() {
+            missing.push(path.display().to_string());
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "the README's layout names missing paths: {missing:?}"
+    );
+    let words: std::collections::HashSet<&str> = block
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .collect();
+    let mut unnamed = Vec::new();
+    for dir in [
+        "src",
+        "src/postgres",
+        "crates/core/src",
+        "crates/core/src/pipeline",
+        "crates/sqs/src",
+    ] {
+        for entry in std::fs::read_dir(root.join(dir)).expect(dir) {
+            let name = entry.expect(dir).file_name().into_string().expect("UTF-8");
+            let stem = name.strip_suffix(".rs").unwrap_or(&name);
+            if stem == "lib" || stem == "mod" {
+                continue;
+            }
+            if !words.contains(stem) {
+                unnamed.push(format!("{dir}/{name}"));
+            }
+        }
+    }
+    unnamed.sort();
+    assert!(
+        unnamed.is_empty(),
+        "the README's layout does not name: {unnamed:?}"
+    );
+}
+
+/// A path in the repository. At run time, not `env!`: a test binary reused
+/// from a shared target directory by a clone at another path must read this
+/// clone's files.
+fn repo_file_path(path: &str) -> String {
+    let dir =
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    PathBuf::from(dir)
+        .join("../..")
+        .join(path)
+        .display()
+        .to_string()
 }
