@@ -295,9 +295,6 @@ END
 $$;
 COMMENT ON PROCEDURE fetch_etl.sqs_drain_for(text, interval, integer, text, integer, text, text) IS
     'Drain repeatedly for up to time_budget, committing after each sqs_drain call (for pg_cron).';
-
-COMMENT ON PROCEDURE fetch_etl.sqs_drain_for(text, interval, integer, text, integer, text, text) IS
-    'Drain repeatedly for up to time_budget, committing after each sqs_drain call (for pg_cron).';
 COMMENT ON FUNCTION fetch_etl.sqs_drain(text, integer, integer, text, integer, text, text) IS
     'Drain an SQS queue through a pipeline (default: the login events into target_table): masked rows, dead letters, deletes after COMMIT.';
 COMMENT ON FUNCTION fetch_etl.replay_dead_letters(text, text, text, integer, boolean, text) IS
