@@ -45,6 +45,33 @@ def pids(conn, backend_type):
     return [r[0] for r in conn.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = %s", (backend_type,))]
 
 
+IDLE_EVENTS = ("WalWriterMain", "WalWriterHibernate",
+               # PostgreSQL 17 renamed the background writer's wait events: Bgwriter*
+               "BgWriterMain", "BgWriterHibernate", "BgwriterMain", "BgwriterHibernate")
+
+
+def stop_while_idle(conn, stop, seconds=10):
+    """SIGSTOP `stop`, and make sure each was stopped in its main loop's wait
+    (its wait event, frozen by the stop, says so): one stopped between an
+    idle check and the stop, in the middle of a WAL write, would hold
+    WALWriteLock and block the drain's own flush forever. Otherwise continue
+    them and try again."""
+    if not stop:
+        return
+    deadline = time.monotonic() + seconds
+    while True:
+        for p in stop:
+            os.kill(p, signal.SIGSTOP)
+        rows = conn.execute("SELECT pid, wait_event FROM pg_stat_activity WHERE pid = ANY(%s)",
+                            (list(stop),)).fetchall()
+        if len(rows) == len(stop) and all(w in IDLE_EVENTS for _, w in rows):
+            return
+        for p in stop:
+            os.kill(p, signal.SIGCONT)
+        assert time.monotonic() < deadline, f"never stopped idle: {rows}"
+        time.sleep(0.05)
+
+
 def idle_pids(conn, backend_type, idle_events, seconds=10):
     """Pids of `backend_type` once each waits in its main loop (so stopping it
     cannot leave a lock held: a stop mid-write would block our own flush)."""
@@ -98,8 +125,7 @@ def drain_and_kill_at_first_delete(db, aws_key, proxy, url, settings, stop=(), o
     proxy.deletes_held.clear()
     proxy.hold_deletes = True
     t = threading.Thread(target=lambda: _ignore(lambda: drain(c, url, visibility_timeout=VIS)), daemon=True)
-    for p in stop:
-        os.kill(p, signal.SIGSTOP)
+    stop_while_idle(c, stop)
     try:
         t.start()
         assert proxy.deletes_held.wait(60), "the drain committed and started deleting"
@@ -135,10 +161,7 @@ def test_durability_a_crash_right_after_commit_loses_nothing(db, aws_key, sqs, p
         with connect(db) as c:
             c.execute("TRUNCATE fetch_etl.processed_messages")
             c.execute("CHECKPOINT")  # nothing left for them to write
-            # (PostgreSQL 17 renamed the background writer's wait events: Bgwriter*)
-            quiet = (idle_pids(c, "walwriter", ("WalWriterMain", "WalWriterHibernate"))
-                     + idle_pids(c, "background writer",
-                                 ("BgWriterMain", "BgWriterHibernate", "BgwriterMain", "BgwriterHibernate")))
+            quiet = idle_pids(c, "walwriter", IDLE_EVENTS) + idle_pids(c, "background writer", IDLE_EVENTS)
         assert quiet, "the WAL writer and background writer are found"
         drain_and_kill_at_first_delete(db, aws_key, proxy, via(proxy, raw_url), {"synchronous_commit": "off"},
                                        stop=quiet)
