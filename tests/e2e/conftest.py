@@ -2,9 +2,16 @@
 and a real SQS emulator (moto, with signature checking on) started here.
 
 Environment (set by scripts/test):
-  FETCH_ETL_PGHOST  socket directory of the test cluster (also its directory)
-  FETCH_ETL_PGPORT  its port
-  FETCH_ETL_STATE   scripts' state directory
+  FETCH_ETL_PGHOST        socket directory of the test cluster (also its directory)
+  FETCH_ETL_PGPORT        its port
+  FETCH_ETL_E2E_CLUSTERS  with pytest-xdist (-n N): one DIR:PORT per worker, in
+                          worker order (the first is the cluster above)
+  FETCH_ETL_STATE         scripts' state directory
+
+Under pytest-xdist each worker has a cluster of its own, and its own emulator,
+credentials cluster and standby (ports 10 apart per worker): a test that
+restarts or crashes its cluster (durability, pg_cron) disturbs no other, and
+roles and server settings are per worker.
 """
 import json
 import os
@@ -20,9 +27,27 @@ from faultproxy import FaultProxy
 
 REPO = Path(__file__).resolve().parents[2]
 STATE = Path(os.environ.get("FETCH_ETL_STATE", "/var/tmp/fetch_etl"))
-PGHOST = os.environ.get("FETCH_ETL_PGHOST", str(STATE / "pg-test"))
-PGPORT = os.environ.get("FETCH_ETL_PGPORT", "5491")
-SQS_PORT = int(os.environ.get("FETCH_ETL_TEST_SQS_PORT", "4599"))
+# pytest-xdist names its workers gw0, gw1, ...; without it this is worker 0.
+WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:])
+
+
+def worker_port(base) -> int:
+    """This worker's port for a service whose worker-0 port is `base`."""
+    return int(base) + 10 * WORKER
+
+
+def worker_dir(name: str) -> Path:
+    """This worker's directory under the state directory for `name`."""
+    return STATE / (name if WORKER == 0 else f"{name}-w{WORKER}")
+
+
+_clusters = os.environ.get("FETCH_ETL_E2E_CLUSTERS", "").split()
+if _clusters:
+    PGHOST, PGPORT = _clusters[WORKER].rsplit(":", 1)
+else:
+    PGHOST = os.environ.get("FETCH_ETL_PGHOST", str(STATE / "pg-test"))
+    PGPORT = os.environ.get("FETCH_ETL_PGPORT", "5491")
+SQS_PORT = worker_port(os.environ.get("FETCH_ETL_TEST_SQS_PORT", "4599"))
 SAMPLE = REPO / "data" / "login-queue-sample.json"
 SAMPLE_RECORDS = json.loads(SAMPLE.read_text())
 VALID = [r for r in SAMPLE_RECORDS if "user_id" in r]
@@ -106,7 +131,7 @@ def db():
 def aws_key():
     """moto with SigV4 verification on; returns (access key id, secret) of an IAM user allowed sqs:*."""
     emu = str(REPO / "scripts" / "sqs-emulator")
-    d = str(STATE / "e2e-sqs")
+    d = str(worker_dir("e2e-sqs"))
     subprocess.run([emu, "stop", d], check=True)
     subprocess.run([emu, "start", d, str(SQS_PORT), "--auth"], check=True)
     out = subprocess.run(

@@ -15,11 +15,11 @@ import uuid
 import psycopg
 import pytest
 
-from conftest import REPO, SQS_PORT, STATE, counts, drain, loaded_sample, make_queue
+from conftest import REPO, SQS_PORT, counts, drain, loaded_sample, make_queue, worker_dir, worker_port
 from fakecreds import FakeContainer, FakeImds, FakeSts, make_role, moto, remember
 
-CREDS_DIR = STATE / "pg-creds"
-CREDS_PORT = os.environ.get("FETCH_ETL_TEST_CREDS_PGPORT", "5494")
+CREDS_DIR = worker_dir("pg-creds")
+CREDS_PORT = str(worker_port(os.environ.get("FETCH_ETL_TEST_CREDS_PGPORT", "5494")))
 MOTO = f"http://127.0.0.1:{SQS_PORT}"
 DB = "creds"
 

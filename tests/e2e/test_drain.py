@@ -12,6 +12,7 @@ import pytest
 
 from conftest import (
     SAMPLE_RECORDS,
+    SQS_PORT,
     USER_LOGINS_DDL,
     VALID,
     VIS,
@@ -214,10 +215,10 @@ def test_unknown_access_key_is_rejected(pg, sqs):
 
 def test_missing_queue_missing_credentials_and_unreachable_endpoint(pg, db):
     with pytest.raises(psycopg.Error) as e:
-        drain(pg, "http://localhost:4599/000000000000/no-such-queue")
+        drain(pg, f"http://localhost:{SQS_PORT}/000000000000/no-such-queue")
     assert e.value.sqlstate == "42704"
     with connect(db) as c, pytest.raises(psycopg.Error) as e:
-        drain(c, "http://localhost:4599/000000000000/q")
+        drain(c, f"http://localhost:{SQS_PORT}/000000000000/q")
     assert e.value.sqlstate == "28000" and "no AWS credentials found" in str(e.value)
     pg.execute("SET fetch_etl.http_max_attempts = 1")
     start = time.monotonic()
@@ -660,8 +661,8 @@ def test_endpoint_override_for_emulator_queue_urls(pg, sqs):
     work with fetch_etl.sqs_endpoint_url; the region comes from the host."""
     raw_url, _ = make_queue(sqs, [json.dumps(VALID[0])])
     name = raw_url.rsplit("/", 1)[1]
-    pg.execute("SET fetch_etl.sqs_endpoint_url = 'http://127.0.0.1:4599'")
-    assert counts(drain(pg, f"http://sqs.us-east-1.127.0.0.1:4599/000000000000/{name}")) == (1, 1, 0, 0)
+    pg.execute(f"SET fetch_etl.sqs_endpoint_url = 'http://127.0.0.1:{SQS_PORT}'")
+    assert counts(drain(pg, f"http://sqs.us-east-1.127.0.0.1:{SQS_PORT}/000000000000/{name}")) == (1, 1, 0, 0)
 
 
 def test_credentials_from_the_server_environment(db, aws_key, sqs):

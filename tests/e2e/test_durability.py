@@ -27,18 +27,19 @@ from conftest import (
     PGHOST,
     PGPORT,
     REPO,
-    STATE,
     VIS,
     connect,
     drain,
     make_queue,
     set_credentials,
     via,
+    worker_dir,
+    worker_port,
 )
 
 TRIALS = 5
-STANDBY_DIR = STATE / "pg-standby"
-STANDBY_PORT = int(os.environ.get("FETCH_ETL_TEST_STANDBY_PGPORT", "5493"))
+STANDBY_DIR = worker_dir("pg-standby")
+STANDBY_PORT = worker_port(os.environ.get("FETCH_ETL_TEST_STANDBY_PGPORT", "5493"))
 
 
 def pids(conn, backend_type):
@@ -139,7 +140,22 @@ def drain_and_kill_at_first_delete(db, aws_key, proxy, url, settings, stop=(), o
         proxy.hold_deletes = False
     t.join(30)
     c.close()
+    wait_reaped(pid)
     wait_for_server(db)
+
+
+def wait_reaped(pid, seconds=30):
+    """Until the postmaster has reaped the killed backend, and so begun its
+    crash restart: a connection made before that would find the old server,
+    and the next one a server in recovery."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            os.kill(pid, 0)  # a zombie still answers, until its parent reaps it
+        except ProcessLookupError:
+            return
+        assert time.monotonic() < deadline, f"the postmaster reaps backend {pid}"
+        time.sleep(0.05)
 
 
 def _ignore(f):
