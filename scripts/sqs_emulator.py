@@ -12,10 +12,12 @@ Differences from plain `moto_server`, both for fidelity to real SQS:
   visibility and marks it received without a lock, so two concurrent receives
   can both get the same message; real SQS does not do that. The lock is
   released while a long poll waits, so waiting receives block nobody.
-- Deleting a message takes the same lock. moto rebuilds the queue's message
-  list without one, so of two concurrent DeleteMessageBatch calls one can put
-  back the messages the other deleted (both reported deleted, then in flight
-  again); seen on a loaded machine as 10 messages left in flight after a drain.
+- Deleting and adding a message take the same lock. moto rebuilds the
+  queue's message list on a delete without one, so of two concurrent
+  DeleteMessageBatch calls one can put back the messages the other deleted
+  (both reported deleted, then in flight again; seen on a loaded machine as
+  10 messages left in flight after a drain), and a message sent meanwhile can
+  be lost.
 - --auth makes moto verify SigV4 signatures and access keys
   (INITIAL_NO_AUTH_ACTION_COUNT=3: the three IAM calls of create-key are the
   only unauthenticated requests it accepts).
@@ -43,6 +45,7 @@ def serve(args: argparse.Namespace) -> None:
     lock = threading.RLock()
     receive = models.SQSBackend.receive_message
     delete = models.Queue.delete_message
+    add = models.Queue.add_message
     wait = models.Queue.wait_for_messages
 
     def locked_receive(self, *a, **kw):
@@ -53,6 +56,10 @@ def serve(args: argparse.Namespace) -> None:
         with lock:
             return delete(self, *a, **kw)
 
+    def locked_add(self, *a, **kw):
+        with lock:
+            return add(self, *a, **kw)
+
     def unlocked_wait(self, *a, **kw):
         lock.release()
         try:
@@ -62,6 +69,7 @@ def serve(args: argparse.Namespace) -> None:
 
     models.SQSBackend.receive_message = locked_receive
     models.Queue.delete_message = locked_delete
+    models.Queue.add_message = locked_add
     models.Queue.wait_for_messages = unlocked_wait
 
     app = DomainDispatcherApplication(create_backend_app)

@@ -44,6 +44,8 @@ def worker_dir(name: str) -> Path:
 _clusters = os.environ.get("FETCH_ETL_E2E_CLUSTERS", "").split()
 if _clusters:
     PGHOST, PGPORT = _clusters[WORKER].rsplit(":", 1)
+elif WORKER > 0:
+    raise RuntimeError("pytest-xdist workers need a cluster each: run the e2e tests with scripts/test e2e")
 else:
     PGHOST = os.environ.get("FETCH_ETL_PGHOST", str(STATE / "pg-test"))
     PGPORT = os.environ.get("FETCH_ETL_PGPORT", "5491")

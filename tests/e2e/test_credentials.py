@@ -62,8 +62,10 @@ class CredsCluster:
 @pytest.fixture(scope="module")
 def cluster(aws_key):
     subprocess.run([str(REPO / "scripts" / "pgcluster"), "stop", str(CREDS_DIR)], check=False)
-    subprocess.run(["rm", "-rf", str(CREDS_DIR)], check=True)
-    CREDS_DIR.mkdir(parents=True)
+    # Not the whole directory: pytest-xdist may set this fixture up twice in a
+    # worker, and the secret scan of scripts/test reads the server log after.
+    subprocess.run(["rm", "-rf", str(CREDS_DIR / "data")], check=True)
+    CREDS_DIR.mkdir(parents=True, exist_ok=True)
     subprocess.run(["chown", "postgres:postgres", str(CREDS_DIR)], check=True)
     cl = CredsCluster()
     cl.start()
@@ -266,10 +268,26 @@ def test_no_credentials_anywhere_lists_every_provider(cluster, sqs):
     assert n == 0  # raised before the run started: nothing recorded, nothing received
 
 
-def test_secrets_the_endpoints_handed_out_are_never_recorded(cluster):
+def test_secrets_the_endpoints_handed_out_are_never_recorded(cluster, sqs, aws_key, role):
     seen = os.environ.get("FETCH_ETL_SECRETS_SEEN")
     if not seen or not os.path.exists(seen):
         pytest.skip("run by scripts/test, which collects the secrets")
+    # A drain of its own with credentials an endpoint hands out (the other
+    # tests of this module may have run on another pytest-xdist worker's
+    # cluster), then every run this cluster recorded.
+    token = "ecs-auth-" + uuid.uuid4().hex
+    container = FakeContainer(MOTO, aws_key, role, token)
+    try:
+        cluster.start(
+            AWS_CONTAINER_CREDENTIALS_FULL_URI=container.url + "/v2/credentials/task",
+            AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE=_files("container-token", token),
+        )
+        _, url = make_queue(sqs, ["{}"])
+        with cluster.connect() as c:
+            assert counts(drain(c, url)) == (1, 0, 1, 0)
+        assert container.handed_out == 1
+    finally:
+        container.close()
     secrets = {s.strip() for s in open(seen) if s.strip()}
     assert secrets
     with cluster.connect() as c:
