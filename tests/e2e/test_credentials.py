@@ -169,14 +169,21 @@ def test_profile_with_credential_process(cluster, sqs, aws_key, role):
     assert (status, source, identity) == ("ok", "profile:proc", "key …" + c["AccessKeyId"][-4:])
 
 
-def test_container_credentials_send_the_authorization_token(cluster, sqs, aws_key, role):
+def start_with_container_credentials(cluster, aws_key, role):
+    """The cluster restarted with credentials from a fake container endpoint;
+    returns (the endpoint, its authorization token)."""
     token = "ecs-auth-" + uuid.uuid4().hex
     container = FakeContainer(MOTO, aws_key, role, token)
+    cluster.start(
+        AWS_CONTAINER_CREDENTIALS_FULL_URI=container.url + "/v2/credentials/task",
+        AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE=_files("container-token", token),
+    )
+    return container, token
+
+
+def test_container_credentials_send_the_authorization_token(cluster, sqs, aws_key, role):
+    container, token = start_with_container_credentials(cluster, aws_key, role)
     try:
-        cluster.start(
-            AWS_CONTAINER_CREDENTIALS_FULL_URI=container.url + "/v2/credentials/task",
-            AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE=_files("container-token", token),
-        )
         _, url = make_queue(sqs)
         with cluster.connect() as c:
             assert loaded_sample(drain(c, url))
@@ -275,13 +282,8 @@ def test_secrets_the_endpoints_handed_out_are_never_recorded(cluster, sqs, aws_k
     # A drain of its own with credentials an endpoint hands out (the other
     # tests of this module may have run on another pytest-xdist worker's
     # cluster), then every run this cluster recorded.
-    token = "ecs-auth-" + uuid.uuid4().hex
-    container = FakeContainer(MOTO, aws_key, role, token)
+    container, _ = start_with_container_credentials(cluster, aws_key, role)
     try:
-        cluster.start(
-            AWS_CONTAINER_CREDENTIALS_FULL_URI=container.url + "/v2/credentials/task",
-            AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE=_files("container-token", token),
-        )
         _, url = make_queue(sqs, ["{}"])
         with cluster.connect() as c:
             assert counts(drain(c, url)) == (1, 0, 1, 0)
