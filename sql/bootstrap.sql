@@ -186,6 +186,22 @@ REVOKE ALL ON TABLE fetch_etl.drain_runs FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('fetch_etl.drain_runs', '');
 SELECT pg_catalog.pg_extension_config_dump('fetch_etl.drain_runs_run_id_seq', '');
 
+-- What prune() deleted of drain_runs, per queue, so the counters of
+-- fetch_etl.queue_counters (Prometheus counters) never go down (0.7.0).
+CREATE TABLE fetch_etl.drain_run_totals (
+    queue_url    text   PRIMARY KEY,
+    runs         bigint NOT NULL DEFAULT 0,
+    failed_runs  bigint NOT NULL DEFAULT 0,
+    skipped_runs bigint NOT NULL DEFAULT 0,
+    received     bigint NOT NULL DEFAULT 0,
+    loaded       bigint NOT NULL DEFAULT 0,
+    rejected     bigint NOT NULL DEFAULT 0,
+    duplicates   bigint NOT NULL DEFAULT 0
+);
+COMMENT ON TABLE fetch_etl.drain_run_totals IS 'fetch_etl: the sums of the run records prune() deleted, per queue.';
+REVOKE ALL ON TABLE fetch_etl.drain_run_totals FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('fetch_etl.drain_run_totals', '');
+
 -- Messages that could not be loaded, with the body as received (it may contain PII), cut to
 -- fetch_etl.dead_letter_max_body_bytes.
 CREATE SEQUENCE fetch_etl.dead_letters_id_seq;
@@ -224,7 +240,12 @@ CREATE TABLE fetch_etl.dead_letters (
     -- message's attributes: a replay sees the message as the drain did, and
     -- records the pipeline's key when it differs (0.6.0)
     ledger_key     text,
-    attributes     jsonb
+    attributes     jsonb,
+    -- resolved without loading: discard_dead_letters(note), by a role that
+    -- may replay them; no longer pending, kept until prune() (0.7.0)
+    discarded_at   timestamptz,
+    discarded_by   name,
+    discard_note   text
 );
 ALTER SEQUENCE fetch_etl.dead_letters_id_seq OWNED BY fetch_etl.dead_letters.dead_letter_id;
 CREATE INDEX dead_letters_run ON fetch_etl.dead_letters (run_id);

@@ -75,17 +75,37 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'SQS redelivers a message whose delete failed until its MessageRetentionPeriod (at most 14 days) ends; without its ledger entry it would be loaded twice.';
     END IF;
-    DELETE FROM fetch_etl.drain_runs WHERE started_at < pg_catalog.now() - keep_runs;
-    GET DIAGNOSTICS runs = ROW_COUNT;
+    -- what is deleted of the run records stays in their totals (queue_counters)
+    WITH gone AS (
+        DELETE FROM fetch_etl.drain_runs WHERE started_at < pg_catalog.now() - keep_runs
+        RETURNING queue_url, status, received, loaded, rejected, duplicates
+    ), folded AS (
+        INSERT INTO fetch_etl.drain_run_totals AS t
+               (queue_url, runs, failed_runs, skipped_runs, received, loaded, rejected, duplicates)
+        SELECT g.queue_url, pg_catalog.count(*),
+               pg_catalog.count(*) FILTER (WHERE g.status = 'failed'),
+               pg_catalog.count(*) FILTER (WHERE g.status = 'skipped'),
+               pg_catalog.sum(g.received), pg_catalog.sum(g.loaded), pg_catalog.sum(g.rejected), pg_catalog.sum(g.duplicates)
+          FROM gone AS g GROUP BY g.queue_url
+        ON CONFLICT (queue_url) DO UPDATE
+           SET runs = t.runs + EXCLUDED.runs, failed_runs = t.failed_runs + EXCLUDED.failed_runs,
+               skipped_runs = t.skipped_runs + EXCLUDED.skipped_runs, received = t.received + EXCLUDED.received,
+               loaded = t.loaded + EXCLUDED.loaded, rejected = t.rejected + EXCLUDED.rejected,
+               duplicates = t.duplicates + EXCLUDED.duplicates
+        RETURNING 1
+    )
+    SELECT pg_catalog.count(*) INTO runs FROM gone;
     DELETE FROM fetch_etl.processed_messages WHERE processed_at < pg_catalog.now() - keep_ledger;
     GET DIAGNOSTICS ledger = ROW_COUNT;
-    DELETE FROM fetch_etl.dead_letters WHERE replayed_at < pg_catalog.now() - keep_replayed;
+    DELETE FROM fetch_etl.dead_letters
+     WHERE replayed_at < pg_catalog.now() - keep_replayed OR discarded_at < pg_catalog.now() - keep_replayed;
     GET DIAGNOSTICS replayed_dead_letters = ROW_COUNT;
     -- Dead letters never replayed, past the superuser's retention (0.5.0):
     -- anyone who can send to a queue decides how many there are.
     retention := fetch_etl.dead_letter_retention();
     IF retention IS NOT NULL THEN
-        DELETE FROM fetch_etl.dead_letters WHERE replayed_at IS NULL AND dead_at < pg_catalog.now() - retention;
+        DELETE FROM fetch_etl.dead_letters
+         WHERE replayed_at IS NULL AND discarded_at IS NULL AND dead_at < pg_catalog.now() - retention;
         GET DIAGNOSTICS expired = ROW_COUNT;
         IF expired > 0 THEN
             RAISE NOTICE 'fetch_etl.prune: removed % dead letters never replayed, older than fetch_etl.dead_letter_retention (%)',
@@ -111,15 +131,18 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION fetch_etl.prune(interval, interval, interval) IS
-    'Housekeeping: delete run records, ledger entries (at least 14 days kept) and replayed dead letters older than the given ages, and dead letters past fetch_etl.dead_letter_retention; move pending vault pairs into the vault.';
+    'Housekeeping: delete run records (their sums kept in drain_run_totals), ledger entries (at least 14 days kept) and replayed or discarded dead letters older than the given ages, and dead letters past fetch_etl.dead_letter_retention; move pending vault pairs into the vault.';
 COMMENT ON FUNCTION fetch_etl.dead_letter_retention() IS
     'fetch_etl.dead_letter_retention as prune() applies it (NULL: dead letters are kept).';
 
 -- Drain repeatedly for up to time_budget, committing after each call, so that
 -- rows become visible and messages are deleted within seconds while a
 -- once-a-minute pg_cron job is running. Stops early when another session is
--- draining the queue. A procedure with COMMIT cannot have a SET clause: every
--- name inside is schema-qualified instead.
+-- draining the queue. With on_error => 'record', a failed call (recorded in
+-- drain_runs by sqs_drain, outside its rolled-back work) is a WARNING and a
+-- pause that doubles with each failure in a row, 1 s up to 30 s (0.7.0): a
+-- queue that does not exist costs a few calls a minute, not thousands. A procedure with COMMIT cannot
+-- have a SET clause: every name inside is schema-qualified instead.
 CREATE PROCEDURE fetch_etl.sqs_drain_for(
     queue_url    text,
     time_budget  interval DEFAULT interval '55 seconds',
@@ -134,6 +157,8 @@ AS $$
 DECLARE
     deadline constant pg_catalog.timestamptz := pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) time_budget;
     left_s integer;
+    failures integer := 0;
+    failed boolean;
     r record;
 BEGIN
     IF time_budget IS NULL OR time_budget OPERATOR(pg_catalog.<) interval '1 second'
@@ -147,41 +172,118 @@ BEGIN
     LOOP
         left_s := pg_catalog.floor(pg_catalog.date_part('epoch', deadline OPERATOR(pg_catalog.-) pg_catalog.clock_timestamp()))::integer;
         EXIT WHEN left_s OPERATOR(pg_catalog.<) 1;
-        -- Every argument typed: no overload can be a better match.
-        SELECT * INTO r FROM fetch_etl.sqs_drain(queue_url::pg_catalog.text, max_messages::integer,
-            pg_catalog.int4smaller(wait_seconds, pg_catalog.int4larger(left_s OPERATOR(pg_catalog.-) 1, 0))::integer,
-            target_table::pg_catalog.text, NULL::integer, on_error::pg_catalog.text, pipeline::pg_catalog.text);
+        failed := false;
+        IF on_error IS NOT DISTINCT FROM 'record' THEN
+            BEGIN
+                -- Every argument typed: no overload can be a better match.
+                SELECT * INTO r FROM fetch_etl.sqs_drain(queue_url::pg_catalog.text, max_messages::integer,
+                    pg_catalog.int4smaller(wait_seconds, pg_catalog.int4larger(left_s OPERATOR(pg_catalog.-) 1, 0))::integer,
+                    target_table::pg_catalog.text, NULL::integer, 'raise'::pg_catalog.text, pipeline::pg_catalog.text);
+            EXCEPTION WHEN OTHERS THEN  -- not a cancel or a timeout: those end the call
+                failed := true;
+                RAISE WARNING 'fetch_etl: a drain failed and was rolled back: % %', SQLSTATE, SQLERRM;
+            END;
+        ELSE
+            SELECT * INTO r FROM fetch_etl.sqs_drain(queue_url::pg_catalog.text, max_messages::integer,
+                pg_catalog.int4smaller(wait_seconds, pg_catalog.int4larger(left_s OPERATOR(pg_catalog.-) 1, 0))::integer,
+                target_table::pg_catalog.text, NULL::integer, on_error::pg_catalog.text, pipeline::pg_catalog.text);
+        END IF;
         COMMIT;
+        IF failed THEN
+            failures := failures OPERATOR(pg_catalog.+) 1;
+            PERFORM pg_catalog.pg_sleep(LEAST(  -- (LEAST is syntax, not a function)
+                pg_catalog.power(2, pg_catalog.int4smaller(failures, 6) OPERATOR(pg_catalog.-) 1)::double precision,
+                30::double precision,
+                pg_catalog.date_part('epoch', deadline OPERATOR(pg_catalog.-) pg_catalog.clock_timestamp())));
+            CONTINUE;
+        END IF;
+        failures := 0;
         EXIT WHEN r.run_id IS NULL;  -- another session is draining this queue
     END LOOP;
 END
 $$;
-COMMENT ON PROCEDURE fetch_etl.sqs_drain_for(text, interval, integer, text, integer, text, text) IS
-    'Drain repeatedly for up to time_budget, committing after each sqs_drain call (for pg_cron).';
 
--- Per-queue health at a glance, from the run records.
+COMMENT ON PROCEDURE fetch_etl.sqs_drain_for(text, interval, integer, text, integer, text, text) IS
+    'Drain repeatedly for up to time_budget, committing after each sqs_drain call (for pg_cron); with on_error => ''record'', failures back off 1 s to 30 s.';
+
+-- Per-queue health at a glance, from the run records. `state` is the
+-- latest run's outcome (fetch_etl_core::contract::QueueState); a streak of
+-- skipped runs (another session holds the queue) is `skipped`, never a
+-- fresh `last_run_at` that looks healthy. Columns after
+-- dead_letters_pending are 0.7.0's (appended: CREATE OR REPLACE VIEW).
 CREATE VIEW fetch_etl.queue_health AS
-SELECT r.queue_url,
-       pg_catalog.max(r.started_at) AS last_run_at,
-       (pg_catalog.array_agg(r.status ORDER BY r.run_id DESC))[1] AS last_status,
-       pg_catalog.max(r.started_at) FILTER (WHERE r.loaded OPERATOR(pg_catalog.>) 0) AS last_load_at,
-       (pg_catalog.array_agg(r.error ORDER BY r.run_id DESC) FILTER (WHERE r.error IS NOT NULL))[1] AS last_error,
-       pg_catalog.max(r.started_at) FILTER (WHERE r.error IS NOT NULL) AS last_error_at,
-       pg_catalog.count(*) FILTER (WHERE r.started_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) interval '1 hour')) AS runs_last_hour,
-       COALESCE(pg_catalog.sum(r.received) FILTER (WHERE r.started_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) interval '1 hour')), 0) AS received_last_hour,
-       COALESCE(pg_catalog.sum(r.loaded) FILTER (WHERE r.started_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) interval '1 hour')), 0) AS loaded_last_hour,
-       COALESCE(pg_catalog.sum(r.rejected) FILTER (WHERE r.started_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) interval '1 day')), 0) AS rejected_last_day,
-       -- while messages were flowing: a run's final empty long poll does not count
-       pg_catalog.round((pg_catalog.sum(r.received) FILTER (WHERE r.started_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) interval '1 hour') AND r.received OPERATOR(pg_catalog.>) 0)
-              OPERATOR(pg_catalog./) NULLIF(pg_catalog.sum(r.active_seconds)
-                       FILTER (WHERE r.started_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) interval '1 hour') AND r.received OPERATOR(pg_catalog.>) 0), 0::double precision))::numeric, 1)
-           AS messages_per_second,
+SELECT a.queue_url, a.last_run_at, a.last_status, a.last_load_at, a.last_error, a.last_error_at,
+       a.runs_last_hour, a.received_last_hour, a.loaded_last_hour, a.rejected_last_day, a.messages_per_second,
        (SELECT pg_catalog.count(*) FROM fetch_etl.dead_letters d
-         WHERE d.queue_url OPERATOR(pg_catalog.=) r.queue_url AND d.replayed_at IS NULL) AS dead_letters_pending
-FROM fetch_etl.drain_runs r
-GROUP BY r.queue_url;
+         WHERE d.queue_url OPERATOR(pg_catalog.=) a.queue_url AND d.replayed_at IS NULL
+           AND d.discarded_at IS NULL) AS dead_letters_pending,
+       CASE WHEN a.last_status OPERATOR(pg_catalog.=) 'skipped' THEN 'skipped'
+            WHEN a.last_real_status OPERATOR(pg_catalog.=) ANY (ARRAY['failed', 'partial']) THEN 'failing'
+            WHEN a.last_real_loaded OPERATOR(pg_catalog.>) 0 THEN 'loading'
+            WHEN a.last_real_received OPERATOR(pg_catalog.>) 0 OR a.last_real_deferred OPERATOR(pg_catalog.>) 0 THEN 'not_loading'
+            ELSE 'idle' END AS state,
+       CASE WHEN a.last_status OPERATOR(pg_catalog.=) 'skipped' THEN
+           (SELECT pg_catalog.min(s.started_at) FROM fetch_etl.drain_runs s
+             WHERE s.queue_url OPERATOR(pg_catalog.=) a.queue_url
+               AND s.run_id OPERATOR(pg_catalog.>) COALESCE(a.last_real_run, 0)) END AS skipped_since,
+       CASE WHEN a.last_real_status OPERATOR(pg_catalog.=) ANY (ARRAY['failed', 'partial']) THEN
+           (SELECT pg_catalog.min(s.started_at) FROM fetch_etl.drain_runs s
+             WHERE s.queue_url OPERATOR(pg_catalog.=) a.queue_url
+               AND s.status OPERATOR(pg_catalog.=) ANY (ARRAY['failed', 'partial'])
+               AND s.run_id OPERATOR(pg_catalog.>) COALESCE(a.last_good_run, 0)) END AS failing_since,
+       a.failed_last_hour, a.skipped_last_hour
+FROM (
+    SELECT r.queue_url,
+           pg_catalog.max(r.started_at) AS last_run_at,
+           (pg_catalog.array_agg(r.status ORDER BY r.run_id DESC))[1] AS last_status,
+           pg_catalog.max(r.started_at) FILTER (WHERE r.loaded OPERATOR(pg_catalog.>) 0) AS last_load_at,
+           (pg_catalog.array_agg(r.error ORDER BY r.run_id DESC) FILTER (WHERE r.error IS NOT NULL))[1] AS last_error,
+           pg_catalog.max(r.started_at) FILTER (WHERE r.error IS NOT NULL) AS last_error_at,
+           pg_catalog.count(*) FILTER (WHERE r.started_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) interval '1 hour')) AS runs_last_hour,
+           COALESCE(pg_catalog.sum(r.received) FILTER (WHERE r.started_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) interval '1 hour')), 0) AS received_last_hour,
+           COALESCE(pg_catalog.sum(r.loaded) FILTER (WHERE r.started_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) interval '1 hour')), 0) AS loaded_last_hour,
+           COALESCE(pg_catalog.sum(r.rejected) FILTER (WHERE r.started_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) interval '1 day')), 0) AS rejected_last_day,
+           -- while messages were flowing: a run's final empty long poll does not count
+           pg_catalog.round((pg_catalog.sum(r.received) FILTER (WHERE r.started_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) interval '1 hour') AND r.received OPERATOR(pg_catalog.>) 0)
+                  OPERATOR(pg_catalog./) NULLIF(pg_catalog.sum(r.active_seconds)
+                           FILTER (WHERE r.started_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) interval '1 hour') AND r.received OPERATOR(pg_catalog.>) 0), 0::double precision))::numeric, 1)
+               AS messages_per_second,
+           -- the latest run that was not skipped, and the streaks since the latest good one
+           (pg_catalog.array_agg(r.status ORDER BY r.run_id DESC) FILTER (WHERE r.status OPERATOR(pg_catalog.<>) 'skipped'))[1] AS last_real_status,
+           (pg_catalog.array_agg(r.loaded ORDER BY r.run_id DESC) FILTER (WHERE r.status OPERATOR(pg_catalog.<>) 'skipped'))[1] AS last_real_loaded,
+           (pg_catalog.array_agg(r.received ORDER BY r.run_id DESC) FILTER (WHERE r.status OPERATOR(pg_catalog.<>) 'skipped'))[1] AS last_real_received,
+           (pg_catalog.array_agg(r.deferred ORDER BY r.run_id DESC) FILTER (WHERE r.status OPERATOR(pg_catalog.<>) 'skipped'))[1] AS last_real_deferred,
+           pg_catalog.count(*) FILTER (WHERE r.status OPERATOR(pg_catalog.=) 'failed' AND r.started_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) interval '1 hour')) AS failed_last_hour,
+           pg_catalog.count(*) FILTER (WHERE r.status OPERATOR(pg_catalog.=) 'skipped' AND r.started_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) interval '1 hour')) AS skipped_last_hour,
+           pg_catalog.max(r.run_id) FILTER (WHERE r.status OPERATOR(pg_catalog.<>) 'skipped') AS last_real_run,
+           pg_catalog.max(r.run_id) FILTER (WHERE r.status OPERATOR(pg_catalog.=) 'ok') AS last_good_run
+      FROM fetch_etl.drain_runs r
+     GROUP BY r.queue_url
+) a;
 COMMENT ON VIEW fetch_etl.queue_health IS
-    'fetch_etl: per-queue last run, last error, recent volume and rate, dead letters pending. GRANT SELECT to monitoring roles.';
+    'fetch_etl: per-queue state, last run, last error, recent volume and rate, failed and skipped runs, dead letters pending. GRANT SELECT to monitoring roles.';
+
+-- Per-queue counters since the queue was first drained, for monitoring
+-- (contrib/prometheus): the run records plus the sums prune() folded into
+-- drain_run_totals, so they never go down (0.7.0).
+CREATE VIEW fetch_etl.queue_counters AS
+SELECT c.queue_url,
+       pg_catalog.sum(c.runs)::bigint AS runs,
+       pg_catalog.sum(c.failed_runs)::bigint AS failed_runs,
+       pg_catalog.sum(c.skipped_runs)::bigint AS skipped_runs,
+       pg_catalog.sum(c.received)::bigint AS received,
+       pg_catalog.sum(c.loaded)::bigint AS loaded,
+       pg_catalog.sum(c.rejected)::bigint AS rejected,
+       pg_catalog.sum(c.duplicates)::bigint AS duplicates
+  FROM (SELECT t.queue_url, t.runs, t.failed_runs, t.skipped_runs, t.received, t.loaded, t.rejected, t.duplicates
+          FROM fetch_etl.drain_run_totals t
+        UNION ALL
+        SELECT r.queue_url, 1, (r.status OPERATOR(pg_catalog.=) 'failed')::integer,
+               (r.status OPERATOR(pg_catalog.=) 'skipped')::integer, r.received, r.loaded, r.rejected, r.duplicates
+          FROM fetch_etl.drain_runs r) c
+ GROUP BY c.queue_url;
+COMMENT ON VIEW fetch_etl.queue_counters IS
+    'fetch_etl: per-queue runs, failed and skipped runs, received, loaded, rejected and duplicate messages since the first drain (they never go down). GRANT SELECT to monitoring roles.';
 
 COMMENT ON FUNCTION fetch_etl.sqs_drain(text, integer, integer, text, integer, text, text) IS
     'Drain an SQS queue through a pipeline (default: the login events into target_table): masked rows, dead letters, deletes after COMMIT.';
@@ -189,6 +291,8 @@ COMMENT ON FUNCTION fetch_etl.queue_depth(text) IS
     'Approximate visible, in-flight and delayed messages of a queue (SQS GetQueueAttributes).';
 COMMENT ON FUNCTION fetch_etl.replay_dead_letters(text, text, text, integer, boolean, text) IS
     'Run dead letters through their pipeline and table again (the login pipeline''s: those of target_table, any_target: of any table); loaded ones are marked replayed.';
+COMMENT ON FUNCTION fetch_etl.discard_dead_letters(text, text, text, text, integer, boolean, text) IS
+    'Mark dead letters as discarded with a note (those a replay with the same arguments would take, cut bodies too): no longer pending; kept until prune().';
 COMMENT ON FUNCTION fetch_etl.create_pipeline(text, text, text, text, text, boolean) IS
     'Create (replace) a pipeline: how each message becomes rows of target. Owned by the caller; its rows are inserted with the owner''s privileges.';
 COMMENT ON FUNCTION fetch_etl.create_router(text, text, jsonb, text, boolean) IS
@@ -225,6 +329,7 @@ REVOKE ALL ON FUNCTION fetch_etl.sqs_drain(text, integer, integer, text, integer
 REVOKE ALL ON PROCEDURE fetch_etl.sqs_drain_for(text, interval, integer, text, integer, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION fetch_etl.queue_depth(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION fetch_etl.replay_dead_letters(text, text, text, integer, boolean, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION fetch_etl.discard_dead_letters(text, text, text, text, integer, boolean, text) FROM PUBLIC;
 -- Pipelines are created by the roles a DBA grants these to (docs/pipelines.md).
 REVOKE ALL ON FUNCTION fetch_etl.create_pipeline(text, text, text, text, text, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION fetch_etl.create_router(text, text, jsonb, text, boolean) FROM PUBLIC;
@@ -233,6 +338,7 @@ REVOKE ALL ON TABLE fetch_etl.pipelines FROM PUBLIC;
 REVOKE ALL ON FUNCTION fetch_etl.prune(interval, interval, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION fetch_etl.dead_letter_retention() FROM PUBLIC;
 REVOKE ALL ON TABLE fetch_etl.queue_health FROM PUBLIC;
+REVOKE ALL ON TABLE fetch_etl.queue_counters FROM PUBLIC;
 
 -- The first key: 256 random bits from the operating system, never in SQL text.
 SELECT fetch_etl.rotate_mask_key();

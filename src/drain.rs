@@ -39,7 +39,7 @@ use crate::postgres::error::{raise, OrRaise};
 use crate::postgres::runs::{self, Counts, Finished, RunRequest};
 use crate::postgres::spi::{extension_owner, in_subxact};
 use crate::postgres::store::Store;
-use crate::postgres::{aws, deletes, locks, pipelines, runtime, settings, visibility};
+use crate::postgres::{aws, deletes, locks, pipelines, recorder, runtime, settings, visibility};
 
 /// What a call returns; `run_id` is None when the call was skipped.
 #[derive(Debug, Default, Clone, Copy)]
@@ -72,14 +72,43 @@ impl Args<'_> {
     }
 }
 
+/// Runs the drain in a subtransaction, so that whatever fails in it, from
+/// its arguments on, is recorded as a failed run: `on_error => 'record'`
+/// records it in the caller's transaction and returns; otherwise (and for a
+/// cancel or timeout) the recorder writes it outside the transaction that
+/// is about to roll back (`postgres/recorder.rs`) and the error is raised
+/// as it was. Only a shutdown (57P01...) goes unrecorded.
 pub(crate) fn drain(args: Args<'_>) -> Summary {
+    let owner = extension_owner();
+    match in_subxact(AssertUnwindSafe(|| checked_run(&args, owner))) {
+        Ok(s) => s,
+        Err(e) if e.is_shutdown() => e.rethrow(),
+        Err(e) => {
+            let why = e.describe();
+            let req = args.request(args.target_table);
+            if args.on_error == OnError::Record && !e.is_interrupt() {
+                let run_id = runs::record_failed(owner, &req, &why, None);
+                pgrx::warning!("fetch_etl: drain run {run_id} failed and was rolled back: {why}");
+                return Summary {
+                    run_id: Some(run_id),
+                    ..Summary::default()
+                };
+            }
+            recorder::record_failed(&req, &why);
+            e.rethrow()
+        }
+    }
+}
+
+/// The drain, once its arguments and queue URL pass: `run`, or a skipped
+/// run when another session holds the queue.
+fn checked_run(args: &Args<'_>, owner: pg_sys::Oid) -> Summary {
     fetch_etl_core::args::check_drain(
         args.max_messages,
         args.wait_seconds,
         args.visibility_timeout,
     )
     .or_raise();
-    let owner = extension_owner();
     // Where requests would go is checked before the queue is locked: a
     // refused URL leaves no lock row behind.
     let queue = aws::checked_queue(args.queue_url);
@@ -91,22 +120,7 @@ pub(crate) fn drain(args: Args<'_>) -> Summary {
         );
         return Summary::default();
     }
-    match args.on_error {
-        OnError::Raise => run(&args, owner, queue),
-        OnError::Record => match in_subxact(AssertUnwindSafe(|| run(&args, owner, queue))) {
-            Ok(s) => s,
-            Err(e) if e.is_interrupt() => e.rethrow(),
-            Err(e) => {
-                let why = e.describe();
-                let run_id = runs::record_failed(owner, &args.request(args.target_table), &why);
-                pgrx::warning!("fetch_etl: drain run {run_id} failed and was rolled back: {why}");
-                Summary {
-                    run_id: Some(run_id),
-                    ..Summary::default()
-                }
-            }
-        },
-    }
+    run(args, owner, queue)
 }
 
 fn run(args: &Args<'_>, owner: pg_sys::Oid, queue: QueueRef) -> Summary {

@@ -29,7 +29,7 @@ use fetch_etl_core::pipeline::login::LOGIN;
 
 use crate::postgres::error::{OrRaise, SpiOrRaise};
 use crate::postgres::pipelines;
-use crate::postgres::spi::{as_owner, extension_owner};
+use crate::postgres::spi::{as_owner, extension_owner, require_catalog};
 use crate::postgres::store::Store;
 
 #[derive(Default)]
@@ -57,48 +57,72 @@ pub(crate) fn replay(args: &Args<'_>) -> Replayed {
     let loaded = pipelines::load(args.pipeline, args.target_table);
     let mut store = Store::open(loaded.pipelines, &loaded.targets, owner);
     let target = store.target_names();
-    let catalog = store.catalog();
-    // The login pipeline's dead letters are those of its table (before
-    // 0.6.0 they name no pipeline); another pipeline's or router's are its
-    // own, whatever table they were meant for.
-    let builtin = args.pipeline.is_none_or(|p| p == LOGIN);
+    let keeps_keys = store.catalog() >= (0, 6, 0);
     let mut done = Replayed::default();
     loop {
         let left = i64::from(args.max_rows) - done.replayed;
         if left <= 0 {
             break;
         }
-        let page = lock_page(
-            owner,
-            &Filter {
-                queue_url: args.queue_url,
-                reason_code: args.reason_code,
-                any_target: args.any_target && builtin,
-                target: builtin.then_some(target.as_str()),
-                pipeline: (catalog >= (0, 6, 0)).then(|| {
-                    if builtin {
-                        PipelineFilter::Login
-                    } else {
-                        PipelineFilter::Id(store.pipeline_id())
-                    }
-                }),
-                cut_bodies_marked: catalog >= (0, 5, 0),
-            },
-            left.min(REPLAY_PAGE_ROWS as i64),
-        );
+        let filter = Filter::of(args, &store, &target, true);
+        let page = lock_page(owner, &filter, left.min(REPLAY_PAGE_ROWS as i64));
         if page.is_empty() {
             break;
         }
         let sizes: Vec<usize> = page.iter().map(|&(_, n)| n).collect();
         for run in byte_runs(&sizes, STORE_FLUSH_BYTES) {
             let ids: Vec<i64> = page[run].iter().map(|&(id, _)| id).collect();
-            let r = replay_run(owner, &mut store, &ids, catalog >= (0, 6, 0));
+            let r = replay_run(owner, &mut store, &ids, keeps_keys);
             done.replayed += r.replayed;
             done.loaded += r.loaded;
             done.rejected += r.rejected;
         }
     }
     done
+}
+
+/// `discard_dead_letters`: marks the dead letters a replay with `args`
+/// would take (cut bodies too, which no replay takes) as discarded with
+/// `note`, by the session user, so they are no longer pending; the rows
+/// stay, body and all, until `prune()`. Returns how many.
+pub(crate) fn discard(args: &Args<'_>, note: &str) -> i64 {
+    fetch_etl_core::args::check_replay(args.max_rows).or_raise();
+    fetch_etl_core::args::check_discard_note(note).or_raise();
+    require_catalog((0, 7, 0), "discard_dead_letters");
+    let owner = extension_owner();
+    let loaded = pipelines::load(args.pipeline, args.target_table);
+    let store = Store::open(loaded.pipelines, &loaded.targets, owner);
+    let target = store.target_names();
+    let mut discarded = 0i64;
+    loop {
+        let left = i64::from(args.max_rows) - discarded;
+        if left <= 0 {
+            break;
+        }
+        let filter = Filter::of(args, &store, &target, false);
+        let ids: Vec<i64> = lock_page(owner, &filter, left.min(REPLAY_PAGE_ROWS as i64))
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        if ids.is_empty() {
+            break;
+        }
+        discarded += ids.len() as i64;
+        Spi::connect_mut(|client| {
+            as_owner(owner, || {
+                client
+                    .update(
+                        "UPDATE fetch_etl.dead_letters SET discarded_at = pg_catalog.clock_timestamp(), \
+                                discarded_by = SESSION_USER, discard_note = $2 \
+                         WHERE dead_letter_id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.int8[])",
+                        None,
+                        &[ids.into(), note.into()],
+                    )
+                    .or_raise_spi("dead letters");
+            });
+        });
+    }
+    discarded
 }
 
 /// Whose dead letters: the login pipeline's (those of no pipeline too,
@@ -127,6 +151,39 @@ struct Filter<'a> {
     pipeline: Option<PipelineFilter>,
     /// The catalog has `body_truncated` (0.5.0): cut bodies are never taken.
     cut_bodies_marked: bool,
+    /// What a replay can take: no cut body, and none a replay of this
+    /// transaction refused already. A discard takes those too.
+    replayable_only: bool,
+    /// The catalog has `discarded_at` (0.7.0): discarded ones are never taken.
+    discards_marked: bool,
+}
+
+impl<'a> Filter<'a> {
+    /// The dead letters `args` selects, for `store` opened on its pipeline
+    /// (`target`: its target tables' names).
+    fn of(args: &'a Args<'_>, store: &Store, target: &'a str, replayable_only: bool) -> Filter<'a> {
+        let catalog = store.catalog();
+        // The login pipeline's dead letters are those of its table (before
+        // 0.6.0 they name no pipeline); another pipeline's or router's are its
+        // own, whatever table they were meant for.
+        let builtin = args.pipeline.is_none_or(|p| p == LOGIN);
+        Filter {
+            queue_url: args.queue_url,
+            reason_code: args.reason_code,
+            any_target: args.any_target && builtin,
+            target: builtin.then_some(target),
+            pipeline: (catalog >= (0, 6, 0)).then(|| {
+                if builtin {
+                    PipelineFilter::Login
+                } else {
+                    PipelineFilter::Id(store.pipeline_id())
+                }
+            }),
+            cut_bodies_marked: catalog >= (0, 5, 0),
+            replayable_only,
+            discards_marked: catalog >= (0, 7, 0),
+        }
+    }
 }
 
 /// Locks the next page of dead letters to replay (skipping rows another
@@ -152,16 +209,25 @@ fn lock_page(owner: pg_sys::Oid, f: &Filter<'_>, limit: i64) -> Vec<(i64, usize)
             Some(id),
         ),
     };
-    let whole = if f.cut_bodies_marked {
+    let whole = if f.cut_bodies_marked && f.replayable_only {
         "AND NOT body_truncated"
+    } else {
+        ""
+    };
+    let untried_now = if f.replayable_only {
+        "AND last_replay_at IS DISTINCT FROM pg_catalog.now()"
+    } else {
+        ""
+    };
+    let kept = if f.discards_marked {
+        "AND discarded_at IS NULL"
     } else {
         ""
     };
     let sql = format!(
         "SELECT dead_letter_id, pg_catalog.octet_length(body)::pg_catalog.int8 \
          FROM fetch_etl.dead_letters \
-         WHERE replayed_at IS NULL {whole} \
-           AND last_replay_at IS DISTINCT FROM pg_catalog.now() \
+         WHERE replayed_at IS NULL {kept} {whole} {untried_now} \
            AND ($1::pg_catalog.text IS NULL OR queue_url OPERATOR(pg_catalog.=) $1) \
            AND ($2::pg_catalog.text IS NULL OR reason_code OPERATOR(pg_catalog.=) $2) \
            AND ($5::pg_catalog.text IS NULL OR target_table OPERATOR(pg_catalog.=) $5 \

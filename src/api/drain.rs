@@ -158,3 +158,30 @@ fn replay_dead_letters(
         None,
     )
 }
+
+/// Marks dead letters as discarded, with a note saying why, so they are no
+/// longer pending (`queue_health.dead_letters_pending`): those a replay with
+/// the same arguments would take, cut bodies included. The rows stay until
+/// `prune()`. See docs/reference.md, "discard_dead_letters".
+#[pg_extern(volatile, parallel_unsafe)]
+fn discard_dead_letters(
+    note: Option<&str>,
+    queue_url: default!(Option<&str>, "NULL"),
+    reason_code: default!(Option<&str>, "NULL"),
+    target_table: default!(Option<&str>, "'user_logins'"),
+    max_rows: default!(Option<i32>, 1000),
+    any_target: default!(Option<bool>, false),
+    pipeline: default!(Option<&str>, "NULL"),
+) -> i64 {
+    replay::discard(
+        &replay::Args {
+            queue_url,
+            reason_code,
+            target_table: required(target_table, "target_table"),
+            max_rows: required(max_rows, "max_rows"),
+            any_target: required(any_target, "any_target"),
+            pipeline,
+        },
+        required(note, "note"),
+    )
+}

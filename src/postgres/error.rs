@@ -165,6 +165,12 @@ impl Caught {
         self.class_is(&["57"])
     }
 
+    /// The server or this backend is shutting down (57P01, 57P02...):
+    /// nothing more is to be done but raise it.
+    pub(crate) fn is_shutdown(&self) -> bool {
+        self.sqlstate().is_some_and(|s| s.starts_with("57P"))
+    }
+
     /// "SQLSTATE message".
     pub(crate) fn describe(&self) -> String {
         let msg = match &*self.0 {

@@ -91,13 +91,7 @@ fn caller() -> pg_sys::Oid {
 }
 
 fn require_catalog(what: &str) {
-    if catalog_version() < CATALOG_060 {
-        raise_with_hint(
-            ErrorKind::NotInPrerequisiteState,
-            format!("{what} needs the fetch_etl 0.6.0 catalog; this database's is older"),
-            "Run ALTER EXTENSION fetch_etl UPDATE.",
-        );
-    }
+    super::spi::require_catalog(CATALOG_060, what);
 }
 
 /// The catalog row `name`, read as the extension owner (`lock`: a row lock

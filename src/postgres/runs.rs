@@ -56,6 +56,7 @@ fn insert(
     status: RunStatus,
     error: Option<&str>,
     credentials: Option<&Provenance>,
+    run_by: Option<&str>,
 ) -> i64 {
     let finished = status != RunStatus::Running;
     // drain_runs.pipeline is 0.6.0's (the library may be newer than the catalog)
@@ -67,8 +68,9 @@ fn insert(
     let sql = format!(
         "INSERT INTO fetch_etl.drain_runs \
            (queue_url, target_table, max_messages, wait_seconds, status, finished_at, error, \
-            credential_source, credential_identity{pipeline_col}) \
-         VALUES ($1, $2, $3, $4, $5, CASE WHEN $6 THEN pg_catalog.clock_timestamp() END, $7, $8, $9{pipeline_val}) \
+            credential_source, credential_identity, run_by{pipeline_col}) \
+         VALUES ($1, $2, $3, $4, $5, CASE WHEN $6 THEN pg_catalog.clock_timestamp() END, $7, $8, $9, \
+                 COALESCE($11::pg_catalog.name, SESSION_USER){pipeline_val}) \
          RETURNING run_id"
     );
     Spi::connect_mut(|client| {
@@ -88,6 +90,7 @@ fn insert(
                         credentials.map(Provenance::source_text).into(),
                         credentials.map(|c| c.identity.clone()).into(),
                         req.pipeline.unwrap_or(LOGIN).into(),
+                        run_by.into(),
                     ],
                 )
                 .and_then(|t| t.first().get_one::<i64>())
@@ -100,17 +103,31 @@ fn insert(
 
 /// A run that is starting; finished with [`finish`].
 pub(crate) fn start(owner: pg_sys::Oid, req: &RunRequest<'_>, credentials: &Provenance) -> i64 {
-    insert(owner, req, RunStatus::Running, None, Some(credentials))
+    insert(
+        owner,
+        req,
+        RunStatus::Running,
+        None,
+        Some(credentials),
+        None,
+    )
 }
 
 /// A run that found the queue busy and did nothing.
 pub(crate) fn record_skipped(owner: pg_sys::Oid, req: &RunRequest<'_>) -> i64 {
-    insert(owner, req, RunStatus::Skipped, None, None)
+    insert(owner, req, RunStatus::Skipped, None, None, None)
 }
 
-/// A run that failed and was rolled back (`on_error => 'record'`).
-pub(crate) fn record_failed(owner: pg_sys::Oid, req: &RunRequest<'_>, error: &str) -> i64 {
-    insert(owner, req, RunStatus::Failed, Some(error), None)
+/// A run that failed and was rolled back: in the caller's transaction
+/// (`on_error => 'record'`), or in the recorder's (`recorder.rs`), which
+/// names the session user who ran it.
+pub(crate) fn record_failed(
+    owner: pg_sys::Oid,
+    req: &RunRequest<'_>,
+    error: &str,
+    run_by: Option<&str>,
+) -> i64 {
+    insert(owner, req, RunStatus::Failed, Some(error), None, run_by)
 }
 
 /// Completes a started run: `ok`, or `partial` when an error stopped it early.

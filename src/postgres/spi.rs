@@ -161,6 +161,20 @@ pub(crate) fn extension_owner() -> pg_sys::Oid {
     }
 }
 
+/// Raises (55000) unless the catalog is at least `at`: `what` needs it.
+pub(crate) fn require_catalog(at: (u32, u32, u32), what: &str) {
+    if catalog_version() < at {
+        raise_with_hint(
+            ErrorKind::NotInPrerequisiteState,
+            format!(
+                "{what} needs the fetch_etl {}.{}.{} catalog; this database's is older",
+                at.0, at.1, at.2
+            ),
+            "Run ALTER EXTENSION fetch_etl UPDATE.",
+        );
+    }
+}
+
 /// The version of the extension's catalog (`pg_extension.extversion`) as
 /// (major, minor, patch): older than the library after a package upgrade,
 /// until `ALTER EXTENSION fetch_etl UPDATE` runs.

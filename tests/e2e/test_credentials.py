@@ -265,14 +265,17 @@ def test_no_credentials_anywhere_lists_every_provider(cluster, sqs):
         start = time.monotonic()
         e = drain_error(c, url)
         took = time.monotonic() - start
-        n = c.execute("SELECT count(*) FROM fetch_etl.drain_runs WHERE queue_url = %s", (url,)).fetchone()[0]
+        recorded = c.execute(
+            "SELECT status, error FROM fetch_etl.drain_runs WHERE queue_url = %s", (url,)
+        ).fetchall()
     assert e.sqlstate == "28000"
     msg = str(e)
     for name in ["settings:", "environment:", "web_identity:", "profile:default:", "container:", "imds:"]:
         assert name in msg, (name, msg)
     assert msg.index("settings:") < msg.index("environment:") < msg.index("imds:")
     assert took < 30
-    assert n == 0  # raised before the run started: nothing recorded, nothing received
+    # raised before anything was received, and recorded as failed (0.7.0), error and all
+    assert [(status, error[:5]) for status, error in recorded] == [("failed", "28000")]
 
 
 def test_secrets_the_endpoints_handed_out_are_never_recorded(cluster, sqs, aws_key, role):

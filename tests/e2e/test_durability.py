@@ -224,14 +224,17 @@ def standby_flushed_lsn(standby):
 
 
 def commit_end_lsn(db, since):
-    """Where the last drain's commit record ends (pg_walinspect)."""
+    """Where the last drain's commit record ends (pg_walinspect). The run's
+    row is written in a subtransaction (0.7.0): its xmin is the commit
+    record's xid or one of the subtransactions it lists."""
     with connect(db) as c:
         c.execute("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
         xid = c.execute("SELECT xmin::text FROM fetch_etl.drain_runs ORDER BY run_id DESC LIMIT 1").fetchone()[0]
         row = c.execute(
             "SELECT max(end_lsn) FROM pg_get_wal_records_info(%s, pg_current_wal_lsn())"
-            " WHERE resource_manager = 'Transaction' AND record_type LIKE 'COMMIT%%' AND xid::text = %s",
-            (since, xid)).fetchone()
+            " WHERE resource_manager = 'Transaction' AND record_type LIKE 'COMMIT%%'"
+            " AND (xid::text = %s OR description ~ ('subxacts:[ 0-9]*\\m' || %s || '\\M'))",
+            (since, xid, xid)).fetchone()
         assert row[0] is not None, "the drain's commit record is found"
         return row[0]
 

@@ -52,9 +52,36 @@ pub fn check_replay(max_rows: i32) -> Result<(), ArgError> {
     Ok(())
 }
 
+/// The most a discard's note may hold.
+pub const MAX_DISCARD_NOTE_BYTES: usize = 1000;
+
+/// `discard_dead_letters`' note: why they were discarded, said in words.
+pub fn check_discard_note(note: &str) -> Result<(), ArgError> {
+    if note.trim().is_empty() {
+        return Err(ArgError(
+            "note must say why the dead letters are discarded".into(),
+        ));
+    }
+    if note.len() > MAX_DISCARD_NOTE_BYTES {
+        return Err(ArgError(format!(
+            "note must be at most {MAX_DISCARD_NOTE_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_discard_needs_a_note_of_bounded_size() {
+        assert!(check_discard_note("producer bug, fixed in v2").is_ok());
+        assert!(check_discard_note("  ").is_err());
+        assert!(check_discard_note("").is_err());
+        assert!(check_discard_note(&"x".repeat(MAX_DISCARD_NOTE_BYTES)).is_ok());
+        assert!(check_discard_note(&"x".repeat(MAX_DISCARD_NOTE_BYTES + 1)).is_err());
+    }
 
     #[test]
     fn drain_bounds() {

@@ -100,8 +100,29 @@ sql_enum! {
         Partial = "partial",
         /// Another session was draining the queue; nothing was done.
         Skipped = "skipped",
-        /// Failed and rolled back (`on_error => 'record'`).
+        /// Failed and rolled back. Recorded whatever `on_error` is: with
+        /// `'raise'`, by a background worker outside the failing transaction.
         Failed = "failed",
+    }
+}
+
+sql_enum! {
+    /// How a queue is doing (`fetch_etl.queue_health.state`), from its
+    /// latest run and, when that was skipped, the runs since its latest
+    /// real one.
+    QueueState {
+        /// The latest run loaded rows.
+        Loading = "loading",
+        /// The latest run found the queue empty.
+        Idle = "idle",
+        /// The latest run received messages (or left some in the queue) but
+        /// loaded none: all refused, duplicates or deferred.
+        NotLoading = "not_loading",
+        /// The latest run failed, or an error stopped it early (`partial`).
+        Failing = "failing",
+        /// The latest runs found the queue held by another session
+        /// (`skipped_since` says since when); nothing loads meanwhile.
+        Skipped = "skipped",
     }
 }
 
@@ -118,7 +139,8 @@ sql_enum! {
 sql_enum! {
     /// What `sqs_drain` does when the drain fails (its `on_error` argument).
     OnError {
-        /// Raise: the transaction rolls back, nothing is recorded.
+        /// Raise: the transaction rolls back; the failed run is recorded
+        /// outside it.
         Raise = "raise",
         /// Roll back the drain's work, record the run as failed, warn, return.
         Record = "record",

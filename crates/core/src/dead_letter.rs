@@ -49,7 +49,7 @@ pub fn stored_body(body: &str, max_bytes: usize) -> StoredBody<'_> {
 }
 
 /// The largest index `<= at` that is a character boundary of `s`.
-fn floor_char_boundary(s: &str, at: usize) -> usize {
+pub(crate) fn floor_char_boundary(s: &str, at: usize) -> usize {
     if at >= s.len() {
         return s.len();
     }

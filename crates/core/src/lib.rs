@@ -11,6 +11,7 @@
 //! - [`budget`]: the memory bounds of one drain.
 //! - [`batch`]: a batch of messages to ledger keys, rows and refusals.
 //! - [`dead_letter`]: what a dead letter keeps of a refused body.
+//! - [`failed_run`]: a failed run as recorded outside its transaction.
 //! - [`message`]: one received SQS message.
 //! - [`pipeline`]: pipelines (any event into any table) and routers; the
 //!   exercise's login pipeline is one of them.
@@ -29,6 +30,7 @@ pub mod contract;
 pub mod dead_letter;
 pub mod envelope;
 pub mod error;
+pub mod failed_run;
 pub mod mask;
 pub mod message;
 pub mod pipeline;

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use fetch_etl_core::contract::{OnError, RejectReason, RunStatus};
+use fetch_etl_core::contract::{OnError, QueueState, RejectReason, RunStatus};
 use fetch_etl_core::settings;
 
 fn repo_file(path: &str) -> String {
@@ -63,6 +63,32 @@ fn run_statuses_match_the_reference() {
         table_keys(&doc, "## Run statuses"),
         strings(RunStatus::ALL, RunStatus::as_str)
     );
+}
+
+#[test]
+fn queue_states_match_the_reference_and_the_view() {
+    let doc = repo_file("docs/reference.md");
+    let states = strings(QueueState::ALL, QueueState::as_str);
+    assert_eq!(table_keys(&doc, "### Queue states"), states);
+    // the view's CASE yields every state and no other (fresh install and upgrade)
+    for file in ["sql/finalize.sql", "sql/fetch_etl--0.6.0--0.7.0.sql"] {
+        let sql = repo_file(file);
+        let at = sql
+            .find("AS state")
+            .unwrap_or_else(|| panic!("no state column in {file}"));
+        let case = &sql[sql[..at].rfind("CASE").expect("the state CASE")..at];
+        let mut yields: Vec<String> = case
+            .split("THEN '")
+            .skip(1)
+            .chain(case.split("ELSE '").skip(1))
+            .map(|t| t[..t.find('\'').unwrap()].to_string())
+            .collect();
+        yields.sort();
+        yields.dedup();
+        let mut want = states.clone();
+        want.sort();
+        assert_eq!(yields, want, "{file}");
+    }
 }
 
 #[test]

@@ -1,0 +1,199 @@
+//! Failed runs recorded outside the failing transaction.
+//!
+//! With `on_error => 'raise'` (pg_cron's usual call) a failed drain rolls
+//! back its transaction, and the run's row in `fetch_etl.drain_runs` with
+//! it: `queue_health` would go on showing the last good run. So the failing
+//! backend starts a short-lived background worker (an autonomous
+//! transaction, as pg_background does it) that inserts the `failed` row in
+//! a transaction of its own, waits for it (at most [`WAIT`]), then raises
+//! the error as it was.
+//!
+//! - The run is handed over in a dynamic shared memory segment
+//!   ([`FailedRun`], bounded) and the worker writes the new run id back;
+//!   the database's oid goes in `bgw_extra`.
+//! - The worker connects as the bootstrap superuser (a worker cannot log in
+//!   as a NOLOGIN owner on PostgreSQL 15 and 16) and inserts as the
+//!   extension's owner, found in its own database, never taken from the
+//!   segment.
+//! - No free worker slot (`max_worker_processes`), a standby, a worker that
+//!   does not finish in time: a WARNING says the failure was not recorded;
+//!   the error is raised all the same. Nothing here needs
+//!   `shared_preload_libraries`.
+
+use std::time::{Duration, Instant};
+
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, BgWorkerStartTime,
+    SignalWakeFlags,
+};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use fetch_etl_core::failed_run::FailedRun;
+
+use super::runs::{self, RunRequest};
+use super::spi::extension_owner;
+
+/// How long the failing backend waits for the record to be written.
+const WAIT: Duration = Duration::from_secs(10);
+/// The recorder's own bounds on locks and statements (below [`WAIT`]).
+const WORKER_TIMEOUTS: &str = "SET LOCAL lock_timeout = '4s'; SET LOCAL statement_timeout = '8s'";
+
+/// Segment layout: the run id the worker wrote (i64, 0 until then), the
+/// payload's length (u64), the payload.
+const HEADER: usize = 16;
+
+/// Records `req` as a failed run with `error` in a transaction of its own;
+/// the new run's id, or None (with a WARNING) if it could not be recorded.
+pub(crate) fn record_failed(req: &RunRequest<'_>, error: &str) -> Option<i64> {
+    // SAFETY: reads backend-local state; no preconditions.
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        return None; // a standby: no drain can run, nor any record be written
+    }
+    let payload = FailedRun {
+        queue_url: req.queue_url.to_string(),
+        target_table: req.target_table.to_string(),
+        max_messages: req.max_messages,
+        wait_seconds: req.wait_seconds,
+        pipeline: req.pipeline.map(str::to_string),
+        error: error.to_string(),
+        run_by: session_user(),
+    }
+    .bounded()
+    .encode();
+    // SAFETY: a segment of the payload's size plus the header, owned by the
+    // current resource owner (so an error while waiting detaches it);
+    // written here before the worker is started, read back after it stopped
+    // (or, when it is late, not at all).
+    unsafe {
+        let seg = pg_sys::dsm_create(HEADER + payload.len(), 0);
+        let base = pg_sys::dsm_segment_address(seg).cast::<u8>();
+        std::ptr::write_bytes(base, 0, HEADER);
+        std::ptr::write_unaligned(base.add(8).cast::<u64>(), payload.len() as u64);
+        std::ptr::copy_nonoverlapping(payload.as_ptr(), base.add(HEADER), payload.len());
+        let handle = pg_sys::dsm_segment_handle(seg);
+        let stopped = launch_and_wait(handle);
+        let run_id = std::ptr::read_volatile(base.cast::<i64>());
+        pg_sys::dsm_detach(seg);
+        match (stopped, run_id) {
+            (Ok(()), id) if id > 0 => Some(id),
+            (Ok(()), _) => {
+                warning!("fetch_etl: the failed run could not be recorded (see the server log)");
+                None
+            }
+            (Err(why), _) => {
+                warning!("fetch_etl: the failed run was not recorded: {why}");
+                None
+            }
+        }
+    }
+}
+
+/// Starts the recorder on segment `handle` and waits for it to stop.
+fn launch_and_wait(handle: pg_sys::dsm_handle) -> Result<(), &'static str> {
+    // SAFETY: reads backend-local globals.
+    let (db, pid) = unsafe { (pg_sys::MyDatabaseId, pg_sys::MyProcPid) };
+    let worker = BackgroundWorkerBuilder::new("fetch_etl run recorder")
+        .set_type("fetch_etl run recorder")
+        .set_library("fetch_etl")
+        .set_function("fetch_etl_record_failed_run")
+        .set_argument(Some(pg_sys::Datum::from(handle)))
+        .set_extra(&db.to_u32().to_string())
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(None)
+        .set_notify_pid(pid)
+        .load_dynamic()
+        .map_err(|_| "no background worker slot is free (max_worker_processes)")?;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match worker.pid() {
+            Err(BackgroundWorkerStatus::Stopped) => return Ok(()),
+            Err(BackgroundWorkerStatus::PostmasterDied) => return Err("the postmaster died"),
+            _ => {}
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err("the recorder did not finish in time");
+        }
+        // SAFETY: waits on this backend's latch, which the postmaster sets
+        // when the worker's state changes (bgw_notify_pid); interrupts are
+        // served (a second cancel ends the wait; the segment is detached by
+        // the resource owner).
+        unsafe {
+            pg_sys::WaitLatch(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                left.min(Duration::from_millis(100)).as_millis() as std::ffi::c_long,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+        }
+        pgrx::check_for_interrupts!();
+    }
+}
+
+fn session_user() -> String {
+    // SAFETY: the session user exists while the session does.
+    unsafe {
+        let name = pg_sys::GetUserNameFromId(pg_sys::GetSessionUserId(), true);
+        if name.is_null() {
+            return String::new();
+        }
+        std::ffi::CStr::from_ptr(name)
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+/// The recorder worker's entry point (`bgw_function_name`).
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn fetch_etl_record_failed_run(arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGTERM);
+    let Ok(db) = BackgroundWorker::get_extra().parse::<u32>() else {
+        return;
+    };
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), None);
+    // SAFETY: the segment the launcher made: HEADER bytes, then the payload
+    // of the length it wrote. Attached for the session (no resource owner
+    // outside a transaction); NULL when the launcher gave up and detached.
+    let (seg, run) = unsafe {
+        let seg = pg_sys::dsm_attach(arg.value() as pg_sys::dsm_handle);
+        if seg.is_null() {
+            return;
+        }
+        let base = pg_sys::dsm_segment_address(seg).cast::<u8>();
+        let size = pg_sys::dsm_segment_map_length(seg);
+        let len = std::ptr::read_unaligned(base.add(8).cast::<u64>()) as usize;
+        let bytes =
+            std::slice::from_raw_parts(base.add(HEADER), len.min(size.saturating_sub(HEADER)));
+        (seg, FailedRun::decode(bytes))
+    };
+    let run_id = run.and_then(|run| {
+        BackgroundWorker::transaction(|| {
+            Spi::run(WORKER_TIMEOUTS).ok()?;
+            let installed = Spi::get_one::<bool>(
+                "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'fetch_etl')",
+            );
+            if installed != Ok(Some(true)) {
+                return None; // dropped meanwhile: nothing to record into
+            }
+            let owner = extension_owner();
+            let req = RunRequest {
+                queue_url: &run.queue_url,
+                target_table: &run.target_table,
+                max_messages: run.max_messages,
+                wait_seconds: run.wait_seconds,
+                pipeline: run.pipeline.as_deref(),
+            };
+            Some(runs::record_failed(owner, &req, &run.error, Some(&run.run_by)))
+        })
+    });
+    // SAFETY: the run id goes where the launcher reads it after we stop.
+    unsafe {
+        let base = pg_sys::dsm_segment_address(seg).cast::<i64>();
+        std::ptr::write_volatile(base, run_id.unwrap_or(0));
+        pg_sys::dsm_detach(seg);
+    }
+}
