@@ -11,7 +11,8 @@
 --   columns discarded_at, discarded_by, discard_note);
 -- - queue_counters: per-queue counters that never go down, prune() folding
 --   what it deletes of drain_runs into drain_run_totals;
--- - sqs_drain_for backs off after failures with on_error => 'record'.
+-- - sqs_drain_for backs off after failures with on_error => 'record';
+-- - drain_progress(): drains and replays running now, from shared memory.
 --
 -- Takes a brief ACCESS EXCLUSIVE lock on fetch_etl.dead_letters (new
 -- columns without a default: no rewrite).
@@ -190,8 +191,8 @@ BEGIN
     -- anyone who can send to a queue decides how many there are.
     retention := fetch_etl.dead_letter_retention();
     IF retention IS NOT NULL THEN
-        DELETE FROM fetch_etl.dead_letters
-         WHERE replayed_at IS NULL AND discarded_at IS NULL AND dead_at < pg_catalog.now() - retention;
+        -- (discarded ones too: a discard must not keep raw PII past the retention)
+        DELETE FROM fetch_etl.dead_letters WHERE replayed_at IS NULL AND dead_at < pg_catalog.now() - retention;
         GET DIAGNOSTICS expired = ROW_COUNT;
         IF expired > 0 THEN
             RAISE NOTICE 'fetch_etl.prune: removed % dead letters never replayed, older than fetch_etl.dead_letter_retention (%)',
@@ -249,7 +250,7 @@ BEGIN
         left_s := pg_catalog.floor(pg_catalog.date_part('epoch', deadline OPERATOR(pg_catalog.-) pg_catalog.clock_timestamp()))::integer;
         EXIT WHEN left_s OPERATOR(pg_catalog.<) 1;
         failed := false;
-        IF on_error IS NOT DISTINCT FROM 'record' THEN
+        IF on_error IS NOT NULL AND on_error OPERATOR(pg_catalog.=) 'record' THEN
             BEGIN
                 -- Every argument typed: no overload can be a better match.
                 SELECT * INTO r FROM fetch_etl.sqs_drain(queue_url::pg_catalog.text, max_messages::integer,
@@ -369,6 +370,28 @@ COMMENT ON FUNCTION fetch_etl.discard_dead_letters(text, text, text, text, integ
     'Mark dead letters as discarded with a note (those a replay with the same arguments would take, cut bodies too): no longer pending; kept until prune().';
 REVOKE ALL ON FUNCTION fetch_etl.discard_dead_letters(text, text, text, text, integer, boolean, text) FROM PUBLIC;
 
+CREATE FUNCTION fetch_etl.drain_progress() RETURNS TABLE (
+    "pid" INT,
+    "database" TEXT,
+    "run_by" TEXT,
+    "kind" TEXT,
+    "run_id" bigint,
+    "queue_url" TEXT,
+    "phase" TEXT,
+    "started_at" timestamp with time zone,
+    "updated_at" timestamp with time zone,
+    "received" bigint,
+    "loaded" bigint,
+    "rejected" bigint,
+    "duplicates" bigint
+)
+STRICT VOLATILE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'drain_progress_wrapper';
+COMMENT ON FUNCTION fetch_etl.drain_progress() IS
+    'Drains and replays running now, in every database, with their phase and counts so far (needs fetch_etl in shared_preload_libraries). GRANT EXECUTE to monitoring roles.';
+REVOKE ALL ON FUNCTION fetch_etl.drain_progress() FROM PUBLIC;
+
 -- What this script created got the installer's default privileges, if any:
 -- every privilege on it but its owner's is taken back (each named in a
 -- NOTICE), as a fresh install does.
@@ -386,7 +409,8 @@ BEGIN
             UNION ALL
             SELECT 'ROUTINE', p.oid::regprocedure::text, coalesce(p.proacl, acldefault('f', p.proowner)), p.proowner
               FROM pg_proc AS p
-             WHERE p.oid = 'fetch_etl.discard_dead_letters(text, text, text, text, integer, boolean, text)'::regprocedure
+             WHERE p.oid IN ('fetch_etl.discard_dead_letters(text, text, text, text, integer, boolean, text)'::regprocedure,
+                             'fetch_etl.drain_progress()'::regprocedure)
         )
         SELECT DISTINCT o.kind, o.object,
                CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE format('%I', pg_get_userbyid(a.grantee)) END AS grantee

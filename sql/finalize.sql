@@ -104,8 +104,8 @@ BEGIN
     -- anyone who can send to a queue decides how many there are.
     retention := fetch_etl.dead_letter_retention();
     IF retention IS NOT NULL THEN
-        DELETE FROM fetch_etl.dead_letters
-         WHERE replayed_at IS NULL AND discarded_at IS NULL AND dead_at < pg_catalog.now() - retention;
+        -- (discarded ones too: a discard must not keep raw PII past the retention)
+        DELETE FROM fetch_etl.dead_letters WHERE replayed_at IS NULL AND dead_at < pg_catalog.now() - retention;
         GET DIAGNOSTICS expired = ROW_COUNT;
         IF expired > 0 THEN
             RAISE NOTICE 'fetch_etl.prune: removed % dead letters never replayed, older than fetch_etl.dead_letter_retention (%)',
@@ -173,7 +173,7 @@ BEGIN
         left_s := pg_catalog.floor(pg_catalog.date_part('epoch', deadline OPERATOR(pg_catalog.-) pg_catalog.clock_timestamp()))::integer;
         EXIT WHEN left_s OPERATOR(pg_catalog.<) 1;
         failed := false;
-        IF on_error IS NOT DISTINCT FROM 'record' THEN
+        IF on_error IS NOT NULL AND on_error OPERATOR(pg_catalog.=) 'record' THEN
             BEGIN
                 -- Every argument typed: no overload can be a better match.
                 SELECT * INTO r FROM fetch_etl.sqs_drain(queue_url::pg_catalog.text, max_messages::integer,
@@ -287,6 +287,8 @@ COMMENT ON VIEW fetch_etl.queue_counters IS
 
 COMMENT ON FUNCTION fetch_etl.sqs_drain(text, integer, integer, text, integer, text, text) IS
     'Drain an SQS queue through a pipeline (default: the login events into target_table): masked rows, dead letters, deletes after COMMIT.';
+COMMENT ON FUNCTION fetch_etl.drain_progress() IS
+    'Drains and replays running now, in every database, with their phase and counts so far (needs fetch_etl in shared_preload_libraries). GRANT EXECUTE to monitoring roles.';
 COMMENT ON FUNCTION fetch_etl.queue_depth(text) IS
     'Approximate visible, in-flight and delayed messages of a queue (SQS GetQueueAttributes).';
 COMMENT ON FUNCTION fetch_etl.replay_dead_letters(text, text, text, integer, boolean, text) IS
@@ -328,6 +330,7 @@ REVOKE ALL ON FUNCTION fetch_etl.mask_keys_changed() FROM PUBLIC;
 REVOKE ALL ON FUNCTION fetch_etl.sqs_drain(text, integer, integer, text, integer, text, text) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE fetch_etl.sqs_drain_for(text, interval, integer, text, integer, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION fetch_etl.queue_depth(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION fetch_etl.drain_progress() FROM PUBLIC;
 REVOKE ALL ON FUNCTION fetch_etl.replay_dead_letters(text, text, text, integer, boolean, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION fetch_etl.discard_dead_letters(text, text, text, text, integer, boolean, text) FROM PUBLIC;
 -- Pipelines are created by the roles a DBA grants these to (docs/pipelines.md).

@@ -29,17 +29,20 @@ use pgrx::prelude::*;
 use tokio::sync::mpsc;
 
 use fetch_etl_core::budget::{MAX_PENDING_DELETE_BYTES, PUMP_HIGH_WATER, STORE_FLUSH_BYTES};
-use fetch_etl_core::contract::OnError;
+use fetch_etl_core::contract::{OnError, Phase, RunKind};
 use fetch_etl_core::error::{Classified, ErrorKind};
+use fetch_etl_core::failed_run::FailedRun;
 use fetch_etl_sqs::pump::{pump, Held, OnReceive, Outstanding, PumpConfig, PumpEvent};
 use fetch_etl_sqs::queue_url::for_message;
 use fetch_etl_sqs::{Client, Message, QueueRef, SqsError};
 
 use crate::postgres::error::{raise, OrRaise};
-use crate::postgres::runs::{self, Counts, Finished, RunRequest};
+use crate::postgres::runs::{self, AsRequest, Counts, Finished, RunRequest};
 use crate::postgres::spi::{extension_owner, in_subxact};
 use crate::postgres::store::Store;
-use crate::postgres::{aws, deletes, locks, pipelines, recorder, runtime, settings, visibility};
+use crate::postgres::{
+    aws, deletes, locks, pipelines, progress, recorder, runtime, settings, visibility,
+};
 
 /// What a call returns; `run_id` is None when the call was skipped.
 #[derive(Debug, Default, Clone, Copy)]
@@ -72,46 +75,71 @@ impl Args<'_> {
     }
 }
 
-/// Runs the drain in a subtransaction, so that whatever fails in it, from
-/// its arguments on, is recorded as a failed run: `on_error => 'record'`
-/// records it in the caller's transaction and returns; otherwise (and for a
-/// cancel or timeout) the recorder writes it outside the transaction that
-/// is about to roll back (`postgres/recorder.rs`) and the error is raised
-/// as it was. Only a shutdown (57P01...) goes unrecorded.
+/// Runs the drain in a subtransaction, so that whatever fails in it is
+/// recorded as a failed run: `on_error => 'record'` records it in the
+/// caller's transaction and returns; otherwise (and for a cancel or
+/// timeout) the recorder writes it outside the transaction that is about
+/// to roll back (`postgres/recorder.rs`) and the error is raised as it was.
+/// With `'raise'`, arguments and a queue URL that are refused are raised
+/// before anything runs, unrecorded: the caller (pg_cron's
+/// `job_run_details`) sees them at once, and no role can make the server
+/// start a worker per call with them. A shutdown (57P01...) goes
+/// unrecorded.
 pub(crate) fn drain(args: Args<'_>) -> Summary {
     let owner = extension_owner();
-    match in_subxact(AssertUnwindSafe(|| checked_run(&args, owner))) {
+    let checked = (args.on_error == OnError::Raise).then(|| checked_queue(&args));
+    let result = in_subxact(AssertUnwindSafe(|| {
+        let queue = checked.unwrap_or_else(|| checked_queue(&args));
+        locked_run(&args, owner, queue)
+    }));
+    match result {
         Ok(s) => s,
         Err(e) if e.is_shutdown() => e.rethrow(),
         Err(e) => {
-            let why = e.describe();
-            let req = args.request(args.target_table);
+            // The queue URL as an error message shows it: one refused for
+            // carrying a password is recorded without it.
+            let failed = FailedRun {
+                queue_url: for_message(args.queue_url),
+                target_table: args.target_table.to_string(),
+                max_messages: args.max_messages,
+                wait_seconds: args.wait_seconds,
+                pipeline: args.pipeline.map(str::to_string),
+                error: e.describe(),
+                run_by: String::new(),
+            }
+            .bounded();
             if args.on_error == OnError::Record && !e.is_interrupt() {
-                let run_id = runs::record_failed(owner, &req, &why, None);
-                pgrx::warning!("fetch_etl: drain run {run_id} failed and was rolled back: {why}");
+                let run_id = runs::record_failed(owner, &failed.request(), &failed.error, None);
+                pgrx::warning!(
+                    "fetch_etl: drain run {run_id} failed and was rolled back: {}",
+                    failed.error
+                );
                 return Summary {
                     run_id: Some(run_id),
                     ..Summary::default()
                 };
             }
-            recorder::record_failed(&req, &why);
+            recorder::record_failed(owner, failed);
             e.rethrow()
         }
     }
 }
 
-/// The drain, once its arguments and queue URL pass: `run`, or a skipped
-/// run when another session holds the queue.
-fn checked_run(args: &Args<'_>, owner: pg_sys::Oid) -> Summary {
+/// The arguments in range and the queue URL one requests may go to.
+fn checked_queue(args: &Args<'_>) -> QueueRef {
     fetch_etl_core::args::check_drain(
         args.max_messages,
         args.wait_seconds,
         args.visibility_timeout,
     )
     .or_raise();
-    // Where requests would go is checked before the queue is locked: a
-    // refused URL leaves no lock row behind.
-    let queue = aws::checked_queue(args.queue_url);
+    aws::checked_queue(args.queue_url)
+}
+
+/// `run`, or a skipped run when another session holds the queue. (Where
+/// requests would go was checked before the queue is locked: a refused URL
+/// leaves no lock row behind.)
+fn locked_run(args: &Args<'_>, owner: pg_sys::Oid, queue: QueueRef) -> Summary {
     if !locks::try_lock_queue(owner, &queue.lock_key) {
         let run_id = runs::record_skipped(owner, &args.request(args.target_table));
         pgrx::notice!(
@@ -137,6 +165,7 @@ fn run(args: &Args<'_>, owner: pg_sys::Oid, queue: QueueRef) -> Summary {
         queue_url: args.queue_url,
         run_id,
         holds: visibility::for_drain(&client, args.visibility_timeout),
+        progress: progress::begin(RunKind::Drain, Phase::Receiving, run_id, args.queue_url),
     };
 
     let mut summary = Summary {
@@ -155,6 +184,8 @@ fn run(args: &Args<'_>, owner: pg_sys::Oid, queue: QueueRef) -> Summary {
         error: error.as_deref(),
     };
     runs::finish(owner, run_id, &finished);
+    ctx.progress
+        .update(Phase::Committing, Some(shown(&summary.counts)));
     let secs = started.elapsed().as_secs_f64();
     let queue = for_message(args.queue_url);
     if let Some(e) = &error {
@@ -189,6 +220,13 @@ struct Ctx<'a> {
     run_id: i64,
     /// Received messages the heartbeat keeps hidden until the transaction ends.
     holds: Option<visibility::Holds>,
+    /// The run as `fetch_etl.drain_progress()` shows it.
+    progress: progress::Tracked,
+}
+
+/// Counts as `drain_progress()` shows them.
+fn shown(c: &Counts) -> [i64; 4] {
+    [c.received, c.loaded, c.rejected, c.duplicates]
 }
 
 /// Receives through the pump (`sqs::pump`, a task on the backend's runtime)
@@ -273,6 +311,7 @@ fn receive_loop(
 }
 
 fn store_batch(ctx: &mut Ctx<'_>, msgs: Vec<Message>, summary: &mut Summary) {
+    ctx.progress.update(Phase::Storing, None);
     let deferred = Spi::connect_mut(|client| {
         ctx.store.store(
             client,
@@ -294,6 +333,8 @@ fn store_batch(ctx: &mut Ctx<'_>, msgs: Vec<Message>, summary: &mut Summary) {
         .map(|m| m.receipt_handle.clone())
         .collect();
     deletes::after_commit(ctx.client.clone(), handles);
+    ctx.progress
+        .update(Phase::Receiving, Some(shown(&summary.counts)));
 }
 
 /// The in-database part of a drain alone, for scripts/bench: stores `bodies`

@@ -19,6 +19,7 @@ pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 pub extern "C-unwind" fn _PG_init() {
     postgres::settings::init();
     postgres::keystore::init();
+    postgres::progress::init();
 }
 
 /// Required by `cargo pgrx test`.

@@ -22,15 +22,16 @@
 use pgrx::prelude::*;
 
 use fetch_etl_core::budget::{byte_runs, REPLAY_PAGE_ROWS, STORE_FLUSH_BYTES};
+use fetch_etl_core::contract::{Phase, RunKind};
 use fetch_etl_core::message::restore_attributes;
 use fetch_etl_sqs::Message;
 
 use fetch_etl_core::pipeline::login::LOGIN;
 
 use crate::postgres::error::{OrRaise, SpiOrRaise};
-use crate::postgres::pipelines;
 use crate::postgres::spi::{as_owner, extension_owner, require_catalog};
 use crate::postgres::store::Store;
+use crate::postgres::{pipelines, progress};
 
 #[derive(Default)]
 pub(crate) struct Replayed {
@@ -58,6 +59,12 @@ pub(crate) fn replay(args: &Args<'_>) -> Replayed {
     let mut store = Store::open(loaded.pipelines, &loaded.targets, owner);
     let target = store.target_names();
     let keeps_keys = store.catalog() >= (0, 6, 0);
+    let shown = progress::begin(
+        RunKind::Replay,
+        Phase::Replaying,
+        0,
+        args.queue_url.unwrap_or_default(),
+    );
     let mut done = Replayed::default();
     loop {
         let left = i64::from(args.max_rows) - done.replayed;
@@ -76,8 +83,14 @@ pub(crate) fn replay(args: &Args<'_>) -> Replayed {
             done.replayed += r.replayed;
             done.loaded += r.loaded;
             done.rejected += r.rejected;
+            let duplicates = done.replayed - done.loaded - done.rejected;
+            shown.update(
+                Phase::Replaying,
+                Some([done.replayed, done.loaded, done.rejected, duplicates]),
+            );
         }
     }
+    shown.update(Phase::Committing, None);
     done
 }
 

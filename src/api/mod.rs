@@ -5,6 +5,7 @@
 mod drain;
 mod housekeeping;
 mod masking;
+mod monitoring;
 mod pipelines;
 
 #[cfg(feature = "bench-tools")]

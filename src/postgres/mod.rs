@@ -10,6 +10,7 @@ pub(crate) mod error;
 pub(crate) mod keystore;
 pub(crate) mod locks;
 pub(crate) mod pipelines;
+pub(crate) mod progress;
 pub(crate) mod recorder;
 pub(crate) mod runs;
 pub(crate) mod runtime;

@@ -10,57 +10,66 @@
 //!
 //! - The run is handed over in a dynamic shared memory segment
 //!   ([`FailedRun`], bounded) and the worker writes the new run id back;
-//!   the database's oid goes in `bgw_extra`.
+//!   the database's oid and a random tag go in `bgw_extra`: the worker uses
+//!   a segment only if it starts with that tag (a handle the launcher gave
+//!   up on may have been reused).
+//! - At most [`RECORDERS`] at a time per database (a row of
+//!   `fetch_etl.queue_locks` each, held by the failing transaction): a burst
+//!   of failures cannot take every background worker slot.
 //! - The worker connects as the bootstrap superuser (a worker cannot log in
 //!   as a NOLOGIN owner on PostgreSQL 15 and 16) and inserts as the
 //!   extension's owner, found in its own database, never taken from the
 //!   segment.
-//! - No free worker slot (`max_worker_processes`), a standby, a worker that
-//!   does not finish in time: a WARNING says the failure was not recorded;
-//!   the error is raised all the same. Nothing here needs
+//! - No free worker slot (`max_worker_processes`), [`RECORDERS`] already
+//!   recording, a standby, a worker that does not finish in time (it is
+//!   then terminated): a WARNING says the failure was not recorded; the
+//!   error is raised all the same. Nothing here needs
 //!   `shared_preload_libraries`.
 
 use std::time::{Duration, Instant};
 
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, BgWorkerStartTime,
-    SignalWakeFlags,
 };
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use fetch_etl_core::failed_run::FailedRun;
 
-use super::runs::{self, RunRequest};
-use super::spi::extension_owner;
+use super::locks::try_lock_queue;
+use super::runs::{self, AsRequest};
+use super::spi::{extension_owner, role_name};
 
 /// How long the failing backend waits for the record to be written.
 const WAIT: Duration = Duration::from_secs(10);
-/// The recorder's own bounds on locks and statements (below [`WAIT`]).
-const WORKER_TIMEOUTS: &str = "SET LOCAL lock_timeout = '4s'; SET LOCAL statement_timeout = '8s'";
+/// The recorder's session: a bound on lock waits (below [`WAIT`]; a
+/// statement_timeout does not apply to a worker's SPI), and a commit that
+/// does not wait for a synchronous standby.
+const WORKER_SETTINGS: &str = "SET LOCAL lock_timeout = '4s'; SET LOCAL synchronous_commit = local";
+/// Recorders at a time per database.
+const RECORDERS: usize = 2;
 
-/// Segment layout: the run id the worker wrote (i64, 0 until then), the
-/// payload's length (u64), the payload.
-const HEADER: usize = 16;
+/// Segment layout: the tag (u64), the run id the worker wrote (i64, 0 until
+/// then), the payload's length (u64), the payload.
+const HEADER: usize = 24;
 
-/// Records `req` as a failed run with `error` in a transaction of its own;
-/// the new run's id, or None (with a WARNING) if it could not be recorded.
-pub(crate) fn record_failed(req: &RunRequest<'_>, error: &str) -> Option<i64> {
+/// Records `run` as failed in a transaction of its own; the new run's id,
+/// or None (with a WARNING) if it could not be recorded.
+pub(crate) fn record_failed(owner: pg_sys::Oid, mut run: FailedRun) -> Option<i64> {
     // SAFETY: reads backend-local state; no preconditions.
     if unsafe { pg_sys::RecoveryInProgress() } {
         return None; // a standby: no drain can run, nor any record be written
     }
-    let payload = FailedRun {
-        queue_url: req.queue_url.to_string(),
-        target_table: req.target_table.to_string(),
-        max_messages: req.max_messages,
-        wait_seconds: req.wait_seconds,
-        pipeline: req.pipeline.map(str::to_string),
-        error: error.to_string(),
-        run_by: session_user(),
+    let slot = (1..=RECORDERS).any(|i| try_lock_queue(owner, &format!("fetch_etl:recorder:{i}")));
+    if !slot {
+        warning!(
+            "fetch_etl: the failed run was not recorded: {RECORDERS} other failures are being recorded"
+        );
+        return None;
     }
-    .bounded()
-    .encode();
+    run.run_by = session_user();
+    let payload = run.bounded().encode();
+    let tag = fastrand::u64(1..);
     // SAFETY: a segment of the payload's size plus the header, owned by the
     // current resource owner (so an error while waiting detaches it);
     // written here before the worker is started, read back after it stopped
@@ -69,11 +78,12 @@ pub(crate) fn record_failed(req: &RunRequest<'_>, error: &str) -> Option<i64> {
         let seg = pg_sys::dsm_create(HEADER + payload.len(), 0);
         let base = pg_sys::dsm_segment_address(seg).cast::<u8>();
         std::ptr::write_bytes(base, 0, HEADER);
-        std::ptr::write_unaligned(base.add(8).cast::<u64>(), payload.len() as u64);
+        std::ptr::write_unaligned(base.cast::<u64>(), tag);
+        std::ptr::write_unaligned(base.add(16).cast::<u64>(), payload.len() as u64);
         std::ptr::copy_nonoverlapping(payload.as_ptr(), base.add(HEADER), payload.len());
         let handle = pg_sys::dsm_segment_handle(seg);
-        let stopped = launch_and_wait(handle);
-        let run_id = std::ptr::read_volatile(base.cast::<i64>());
+        let stopped = launch_and_wait(handle, tag);
+        let run_id = std::ptr::read_volatile(base.add(8).cast::<i64>());
         pg_sys::dsm_detach(seg);
         match (stopped, run_id) {
             (Ok(()), id) if id > 0 => Some(id),
@@ -89,8 +99,9 @@ pub(crate) fn record_failed(req: &RunRequest<'_>, error: &str) -> Option<i64> {
     }
 }
 
-/// Starts the recorder on segment `handle` and waits for it to stop.
-fn launch_and_wait(handle: pg_sys::dsm_handle) -> Result<(), &'static str> {
+/// Starts the recorder on segment `handle` and waits for it to stop (or
+/// terminates it when it is late).
+fn launch_and_wait(handle: pg_sys::dsm_handle, tag: u64) -> Result<(), &'static str> {
     // SAFETY: reads backend-local globals.
     let (db, pid) = unsafe { (pg_sys::MyDatabaseId, pg_sys::MyProcPid) };
     let worker = BackgroundWorkerBuilder::new("fetch_etl run recorder")
@@ -98,7 +109,7 @@ fn launch_and_wait(handle: pg_sys::dsm_handle) -> Result<(), &'static str> {
         .set_library("fetch_etl")
         .set_function("fetch_etl_record_failed_run")
         .set_argument(Some(pg_sys::Datum::from(handle)))
-        .set_extra(&db.to_u32().to_string())
+        .set_extra(&format!("{} {tag}", db.to_u32()))
         .enable_spi_access()
         .set_start_time(BgWorkerStartTime::RecoveryFinished)
         .set_restart_time(None)
@@ -114,6 +125,7 @@ fn launch_and_wait(handle: pg_sys::dsm_handle) -> Result<(), &'static str> {
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
+            worker.terminate();
             return Err("the recorder did not finish in time");
         }
         // SAFETY: waits on this backend's latch, which the postmaster sets
@@ -134,30 +146,28 @@ fn launch_and_wait(handle: pg_sys::dsm_handle) -> Result<(), &'static str> {
 }
 
 fn session_user() -> String {
-    // SAFETY: the session user exists while the session does.
-    unsafe {
-        let name = pg_sys::GetUserNameFromId(pg_sys::GetSessionUserId(), true);
-        if name.is_null() {
-            return String::new();
-        }
-        std::ffi::CStr::from_ptr(name)
-            .to_string_lossy()
-            .into_owned()
-    }
+    // SAFETY: reads a backend-local global.
+    role_name(unsafe { pg_sys::GetSessionUserId() }).unwrap_or_default()
 }
 
-/// The recorder worker's entry point (`bgw_function_name`).
+/// The recorder worker's entry point (`bgw_function_name`). SIGTERM is
+/// PostgreSQL's default for a worker (die): a terminate ends it at once.
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn fetch_etl_record_failed_run(arg: pg_sys::Datum) {
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGTERM);
-    let Ok(db) = BackgroundWorker::get_extra().parse::<u32>() else {
+    let extra = BackgroundWorker::get_extra();
+    let Some((Ok(db), Ok(tag))) = extra
+        .split_once(' ')
+        .map(|(d, t)| (d.parse::<u32>(), t.parse::<u64>()))
+    else {
         return;
     };
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), None);
     // SAFETY: the segment the launcher made: HEADER bytes, then the payload
-    // of the length it wrote. Attached for the session (no resource owner
-    // outside a transaction); NULL when the launcher gave up and detached.
+    // of the length it wrote, used only if it is at least HEADER bytes and
+    // starts with the launcher's tag. Attached for the session (no resource
+    // owner outside a transaction); NULL when the launcher gave up and
+    // detached.
     let (seg, run) = unsafe {
         let seg = pg_sys::dsm_attach(arg.value() as pg_sys::dsm_handle);
         if seg.is_null() {
@@ -165,14 +175,17 @@ pub extern "C-unwind" fn fetch_etl_record_failed_run(arg: pg_sys::Datum) {
         }
         let base = pg_sys::dsm_segment_address(seg).cast::<u8>();
         let size = pg_sys::dsm_segment_map_length(seg);
-        let len = std::ptr::read_unaligned(base.add(8).cast::<u64>()) as usize;
-        let bytes =
-            std::slice::from_raw_parts(base.add(HEADER), len.min(size.saturating_sub(HEADER)));
+        if size < HEADER || std::ptr::read_unaligned(base.cast::<u64>()) != tag {
+            pg_sys::dsm_detach(seg);
+            return;
+        }
+        let len = std::ptr::read_unaligned(base.add(16).cast::<u64>()) as usize;
+        let bytes = std::slice::from_raw_parts(base.add(HEADER), len.min(size - HEADER));
         (seg, FailedRun::decode(bytes))
     };
     let run_id = run.and_then(|run| {
         BackgroundWorker::transaction(|| {
-            Spi::run(WORKER_TIMEOUTS).ok()?;
+            Spi::run(WORKER_SETTINGS).ok()?;
             let installed = Spi::get_one::<bool>(
                 "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'fetch_etl')",
             );
@@ -180,19 +193,15 @@ pub extern "C-unwind" fn fetch_etl_record_failed_run(arg: pg_sys::Datum) {
                 return None; // dropped meanwhile: nothing to record into
             }
             let owner = extension_owner();
-            let req = RunRequest {
-                queue_url: &run.queue_url,
-                target_table: &run.target_table,
-                max_messages: run.max_messages,
-                wait_seconds: run.wait_seconds,
-                pipeline: run.pipeline.as_deref(),
-            };
-            Some(runs::record_failed(owner, &req, &run.error, Some(&run.run_by)))
+            Some(runs::record_failed(owner, &run.request(), &run.error, Some(&run.run_by)))
         })
     });
     // SAFETY: the run id goes where the launcher reads it after we stop.
     unsafe {
-        let base = pg_sys::dsm_segment_address(seg).cast::<i64>();
+        let base = pg_sys::dsm_segment_address(seg)
+            .cast::<u8>()
+            .add(8)
+            .cast::<i64>();
         std::ptr::write_volatile(base, run_id.unwrap_or(0));
         pg_sys::dsm_detach(seg);
     }

@@ -6,6 +6,7 @@ use pgrx::prelude::*;
 
 use fetch_etl_core::contract::RunStatus;
 use fetch_etl_core::error::ErrorKind;
+use fetch_etl_core::failed_run::FailedRun;
 use fetch_etl_sqs::credentials::Provenance;
 
 use super::error::raise;
@@ -21,6 +22,23 @@ pub(crate) struct RunRequest<'a> {
     pub(crate) wait_seconds: i32,
     /// The pipeline or router asked for (None: the built-in login pipeline).
     pub(crate) pipeline: Option<&'a str>,
+}
+
+/// The request of a failed run's record.
+pub(crate) trait AsRequest {
+    fn request(&self) -> RunRequest<'_>;
+}
+
+impl AsRequest for FailedRun {
+    fn request(&self) -> RunRequest<'_> {
+        RunRequest {
+            queue_url: &self.queue_url,
+            target_table: &self.target_table,
+            max_messages: self.max_messages,
+            wait_seconds: self.wait_seconds,
+            pipeline: self.pipeline.as_deref(),
+        }
+    }
 }
 
 /// What a run did with the messages it received (`received = loaded +

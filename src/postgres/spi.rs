@@ -161,6 +161,21 @@ pub(crate) fn extension_owner() -> pg_sys::Oid {
     }
 }
 
+/// A role's name (None: no such role, a dropped one).
+pub(crate) fn role_name(oid: pg_sys::Oid) -> Option<String> {
+    // SAFETY: a palloc'd copy of the name, or NULL (noerr) when there is none.
+    unsafe { c_string(pg_sys::GetUserNameFromId(oid, true)) }
+}
+
+/// An owned copy of a C string (None: NULL).
+///
+/// # Safety
+/// `p` is NULL or a NUL-terminated string.
+pub(crate) unsafe fn c_string(p: *const std::ffi::c_char) -> Option<String> {
+    // SAFETY: the caller's promise.
+    (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+}
+
 /// Raises (55000) unless the catalog is at least `at`: `what` needs it.
 pub(crate) fn require_catalog(at: (u32, u32, u32), what: &str) {
     if catalog_version() < at {

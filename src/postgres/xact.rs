@@ -4,18 +4,18 @@
 //! | event | what happens |
 //! | --- | --- |
 //! | PRE_COMMIT | `deletes`: force a synchronous commit if deletes are queued |
-//! | COMMIT | `deletes`: the deletes; then `visibility`: the heartbeat's holds end (and its report), so messages stay hidden until they are deleted |
+//! | COMMIT | `progress`: runs shown as deleting; `deletes`: the deletes; then `visibility`: the heartbeat's holds end (and its report), so messages stay hidden until they are deleted; then `progress`: the runs are over |
 //! | PRE_PREPARE | `deletes`: refuse if deletes are queued |
-//! | PREPARE | `visibility`: the holds end |
-//! | ABORT | `visibility`: the holds end, handed back if asked; `deletes`: forgotten |
-//! | ABORT_SUB | the same, for what the subtransaction and its children queued |
+//! | PREPARE | `visibility`: the holds end; `progress`: the runs are over |
+//! | ABORT | `visibility`: the holds end, handed back if asked; `deletes`: forgotten; `progress`: the runs are over |
+//! | ABORT_SUB | the same, for what the subtransaction and its children queued and ran |
 
 use std::cell::Cell;
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use super::{deletes, visibility};
+use super::{deletes, progress, visibility};
 
 thread_local! {
     static REGISTERED: Cell<bool> = const { Cell::new(false) };
@@ -46,16 +46,20 @@ unsafe extern "C-unwind" fn xact_callback(
         XACT_EVENT_COMMIT => {
             // Nothing may raise from here: the transaction is committed.
             let committed_at = std::time::Instant::now();
+            progress::at_commit();
             deletes::at_commit();
             visibility::at_commit(committed_at);
+            progress::at_end(None);
         }
         XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PREPARE => {
-            visibility::at_commit(std::time::Instant::now())
+            visibility::at_commit(std::time::Instant::now());
+            progress::at_end(None);
         }
         XACT_EVENT_PRE_PREPARE => deletes::before_prepare(),
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
             visibility::at_abort(None);
             deletes::at_abort(None);
+            progress::at_end(None);
         }
         _ => {}
     }
@@ -73,5 +77,6 @@ unsafe extern "C-unwind" fn subxact_callback(
         // the aborted subtransaction or its children has an id >= my_subid.
         visibility::at_abort(Some(my_subid));
         deletes::at_abort(Some(my_subid));
+        progress::at_end(Some(my_subid));
     }
 }

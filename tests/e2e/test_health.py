@@ -93,16 +93,28 @@ def test_a_busy_queue_shows_as_skipped_while_nothing_loads(db, aws_key, sqs):
     ],
     ids=["endpoint-not-allowed", "malformed-url", "argument-out-of-range"],
 )
-def test_errors_before_the_run_starts_are_recorded(pg, setup, url, kw):
+def test_errors_before_the_run_starts_are_recorded_with_on_error_record(pg, setup, url, kw):
     if setup:
         pg.execute(setup)
     row = drain(pg, url, on_error="record", **kw)
     assert row[0] is not None and counts(row) == (0, 0, 0, 0)
     (status, error, _), = runs(pg, url)
     assert status == "failed" and error[:5] in ("42501", "22023"), error
+    # with 'raise' they are the caller's to see at once: no worker is started for them
     with pytest.raises(psycopg.Error):
         drain(pg, url, **kw)
-    assert [r[0] for r in runs(pg, url)] == ["failed", "failed"], "and with on_error => 'raise'"
+    assert [r[0] for r in runs(pg, url)] == ["failed"]
+
+
+def test_a_refused_queue_url_is_recorded_without_its_password(pg):
+    """A URL refused for carrying credentials must not put them in drain_runs,
+    which monitoring roles read (and Prometheus labels come from)."""
+    url = "https://AKIAEXAMPLE:s3cr3t-Pa55@sqs.us-east-1.amazonaws.com/123456789012/q"
+    row = drain(pg, url, on_error="record")
+    assert row[0] is not None
+    recorded = pg.execute("SELECT queue_url, error FROM fetch_etl.drain_runs").fetchall()
+    assert recorded == [("https://sqs.us-east-1.amazonaws.com/123456789012/q", recorded[0][1])]
+    assert "s3cr3t" not in recorded[0][1] and "AKIAEXAMPLE" not in recorded[0][1]
 
 
 def test_sqs_drain_for_backs_off_after_failures(db, aws_key, sqs):
@@ -152,9 +164,15 @@ def test_dead_letters_that_cannot_be_replayed_can_be_discarded(pg, sqs):
     assert row == ("not_login_event", True, "postgres", "not a login: producer bug", None)
     assert pg.execute("SELECT * FROM fetch_etl.replay_dead_letters()").fetchone() == (0, 0, 0), "never replayed"
     assert pg.execute("SELECT fetch_etl.discard_dead_letters(note => 'again')").fetchone() == (0,)
-    # kept until prune() ages it out like a replayed one
-    pg.execute("UPDATE fetch_etl.dead_letters SET discarded_at = now() - interval '40 days'")
-    assert pg.execute("SELECT replayed_dead_letters FROM fetch_etl.prune()").fetchone() == (1,)
+    # kept until prune() ages it out like a replayed one (keep_replayed)...
+    pg.execute(
+        "INSERT INTO fetch_etl.dead_letters (run_id, queue_url, message_id, body, reason_code, reason, discarded_at)"
+        " VALUES (0, %s, 'm-old', '{}', 'not_json', 'r', now() - interval '40 days')", (url,))
+    # ...and never past fetch_etl.dead_letter_retention (30 days): a discard
+    # must not keep a body's raw PII longer than the superuser's policy
+    pg.execute("UPDATE fetch_etl.dead_letters SET dead_at = now() - interval '31 days' WHERE message_id <> 'm-old'")
+    assert pg.execute("SELECT replayed_dead_letters FROM fetch_etl.prune(keep_replayed => interval '35 days')").fetchone() == (1,)
+    assert pg.execute("SELECT count(*) FROM fetch_etl.dead_letters").fetchone() == (0,)
 
 
 def test_queue_health_tells_loading_from_loading_nothing_and_idle(pg, sqs):

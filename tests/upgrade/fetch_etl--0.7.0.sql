@@ -421,6 +421,29 @@ AS 'MODULE_PATHNAME', 'discard_dead_letters_wrapper';
 /* </end connected objects> */
 
 /* <begin connected objects> */
+-- src/api/monitoring.rs:15
+-- fetch_etl::api::monitoring::drain_progress
+CREATE  FUNCTION "drain_progress"() RETURNS TABLE (
+	"pid" INT,  /* i32 */
+	"database" TEXT,  /* Option < String > */
+	"run_by" TEXT,  /* Option < String > */
+	"kind" TEXT,  /* String */
+	"run_id" bigint,  /* Option < i64 > */
+	"queue_url" TEXT,  /* Option < String > */
+	"phase" TEXT,  /* String */
+	"started_at" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
+	"updated_at" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
+	"received" bigint,  /* i64 */
+	"loaded" bigint,  /* i64 */
+	"rejected" bigint,  /* i64 */
+	"duplicates" bigint  /* i64 */
+)
+STRICT VOLATILE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'drain_progress_wrapper';
+/* </end connected objects> */
+
+/* <begin connected objects> */
 -- src/api/pipelines.rs:56
 -- fetch_etl::api::pipelines::drop_pipeline
 CREATE  FUNCTION "drop_pipeline"(
@@ -651,8 +674,8 @@ BEGIN
     -- anyone who can send to a queue decides how many there are.
     retention := fetch_etl.dead_letter_retention();
     IF retention IS NOT NULL THEN
-        DELETE FROM fetch_etl.dead_letters
-         WHERE replayed_at IS NULL AND discarded_at IS NULL AND dead_at < pg_catalog.now() - retention;
+        -- (discarded ones too: a discard must not keep raw PII past the retention)
+        DELETE FROM fetch_etl.dead_letters WHERE replayed_at IS NULL AND dead_at < pg_catalog.now() - retention;
         GET DIAGNOSTICS expired = ROW_COUNT;
         IF expired > 0 THEN
             RAISE NOTICE 'fetch_etl.prune: removed % dead letters never replayed, older than fetch_etl.dead_letter_retention (%)',
@@ -720,7 +743,7 @@ BEGIN
         left_s := pg_catalog.floor(pg_catalog.date_part('epoch', deadline OPERATOR(pg_catalog.-) pg_catalog.clock_timestamp()))::integer;
         EXIT WHEN left_s OPERATOR(pg_catalog.<) 1;
         failed := false;
-        IF on_error IS NOT DISTINCT FROM 'record' THEN
+        IF on_error IS NOT NULL AND on_error OPERATOR(pg_catalog.=) 'record' THEN
             BEGIN
                 -- Every argument typed: no overload can be a better match.
                 SELECT * INTO r FROM fetch_etl.sqs_drain(queue_url::pg_catalog.text, max_messages::integer,
@@ -834,6 +857,8 @@ COMMENT ON VIEW fetch_etl.queue_counters IS
 
 COMMENT ON FUNCTION fetch_etl.sqs_drain(text, integer, integer, text, integer, text, text) IS
     'Drain an SQS queue through a pipeline (default: the login events into target_table): masked rows, dead letters, deletes after COMMIT.';
+COMMENT ON FUNCTION fetch_etl.drain_progress() IS
+    'Drains and replays running now, in every database, with their phase and counts so far (needs fetch_etl in shared_preload_libraries). GRANT EXECUTE to monitoring roles.';
 COMMENT ON FUNCTION fetch_etl.queue_depth(text) IS
     'Approximate visible, in-flight and delayed messages of a queue (SQS GetQueueAttributes).';
 COMMENT ON FUNCTION fetch_etl.replay_dead_letters(text, text, text, integer, boolean, text) IS
@@ -875,6 +900,7 @@ REVOKE ALL ON FUNCTION fetch_etl.mask_keys_changed() FROM PUBLIC;
 REVOKE ALL ON FUNCTION fetch_etl.sqs_drain(text, integer, integer, text, integer, text, text) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE fetch_etl.sqs_drain_for(text, interval, integer, text, integer, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION fetch_etl.queue_depth(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION fetch_etl.drain_progress() FROM PUBLIC;
 REVOKE ALL ON FUNCTION fetch_etl.replay_dead_letters(text, text, text, integer, boolean, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION fetch_etl.discard_dead_letters(text, text, text, text, integer, boolean, text) FROM PUBLIC;
 -- Pipelines are created by the roles a DBA grants these to (docs/pipelines.md).

@@ -127,6 +127,33 @@ sql_enum! {
 }
 
 sql_enum! {
+    /// What a run in progress is doing (`fetch_etl.drain_progress().phase`).
+    Phase {
+        /// Waiting for SQS (its receives are in flight).
+        Receiving = "receiving",
+        /// Storing a batch: ledger, rows, vault, dead letters.
+        Storing = "storing",
+        /// Done; its transaction has not ended yet (the caller's statement
+        /// or transaction goes on).
+        Committing = "committing",
+        /// Committed; deleting its messages from the queue.
+        Deleting = "deleting",
+        /// Replaying dead letters.
+        Replaying = "replaying",
+    }
+}
+
+sql_enum! {
+    /// Which function a run in progress is (`fetch_etl.drain_progress().kind`).
+    RunKind {
+        /// `sqs_drain` (and each call of `sqs_drain_for`).
+        Drain = "drain",
+        /// `replay_dead_letters`.
+        Replay = "replay",
+    }
+}
+
+sql_enum! {
     /// What a row of `fetch_etl.pipelines` is (its `kind`).
     PipelineKind {
         /// Makes each message into rows of its target table.

@@ -15,6 +15,7 @@
 //! - [`message`]: one received SQS message.
 //! - [`pipeline`]: pipelines (any event into any table) and routers; the
 //!   exercise's login pipeline is one of them.
+//! - [`progress`]: the board of runs in progress (shared memory).
 //! - [`reject`]: why a message was not loaded.
 //! - [`error`]: error kinds, mapped to SQLSTATEs by the extension.
 //!
@@ -34,6 +35,7 @@ pub mod failed_run;
 pub mod mask;
 pub mod message;
 pub mod pipeline;
+pub mod progress;
 pub mod reject;
 pub mod settings;
 pub mod time;

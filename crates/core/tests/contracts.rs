@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use fetch_etl_core::contract::{OnError, QueueState, RejectReason, RunStatus};
+use fetch_etl_core::contract::{OnError, Phase, QueueState, RejectReason, RunStatus};
 use fetch_etl_core::settings;
 
 fn repo_file(path: &str) -> String {
@@ -89,6 +89,15 @@ fn queue_states_match_the_reference_and_the_view() {
         want.sort();
         assert_eq!(yields, want, "{file}");
     }
+}
+
+#[test]
+fn progress_phases_match_the_reference() {
+    let doc = repo_file("docs/reference.md");
+    assert_eq!(
+        table_keys(&doc, "### Progress phases"),
+        strings(Phase::ALL, Phase::as_str)
+    );
 }
 
 #[test]
