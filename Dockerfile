@@ -8,12 +8,19 @@
 # Every build step is a script that CI runs on each change (scripts/setup
 # --build-only, scripts/pg-build for 17 and 18, scripts/package --deb); this
 # file only calls them, and the image installs the very .deb CI checks.
-# Note: our development machines have no Docker engine and no image registry,
-# so this image has not been built there; the scripts it calls are what CI
-# tests.
+#
+# CI builds and runs the runtime stage with podman (`scripts/test image`),
+# with local stand-ins for the base images (no registry is reachable there)
+# and the .deb scripts/package made: the three arguments below. The builder
+# stage is not built there (it needs the rust image's toolchain).
 ARG PG_MAJOR=15
+ARG BUILDER_IMAGE=rust:1.95-bookworm
+ARG RUNTIME_IMAGE=postgres:${PG_MAJOR}-bookworm
+# The image the .deb comes from: the builder stage, or one holding
+# /out/postgresql-${PG_MAJOR}-fetch-etl_*.deb already.
+ARG DEB_IMAGE=builder
 
-FROM rust:1.95-bookworm AS builder
+FROM ${BUILDER_IMAGE} AS builder
 ARG PG_MAJOR
 WORKDIR /src
 # Toolchain layer: Debian build packages, cargo-pgrx 0.18.1, the PostgreSQL
@@ -28,11 +35,13 @@ COPY src/ src/
 COPY sql/ sql/
 RUN scripts/package --pg "${PG_MAJOR}" --deb --out-dir /out
 
-FROM postgres:${PG_MAJOR}-bookworm
+FROM ${DEB_IMAGE} AS debs
+
+FROM ${RUNTIME_IMAGE} AS runtime
 ARG PG_MAJOR
 # The official image carries apt.postgresql.org, which has postgresql-N and
 # postgresql-N-cron for every supported major.
-COPY --from=builder /out/postgresql-${PG_MAJOR}-fetch-etl_*.deb /tmp/
+COPY --from=debs /out/postgresql-${PG_MAJOR}-fetch-etl_*.deb /tmp/
 RUN apt-get update \
     && apt-get install -y --no-install-recommends /tmp/postgresql-${PG_MAJOR}-fetch-etl_*.deb \
          "postgresql-${PG_MAJOR}-cron" ca-certificates \

@@ -2,7 +2,8 @@
 #
 # The local SQS emulator of the demo and tests: moto, run and seeded by
 # scripts/sqs_emulator.py (the same script and pinned requirements CI uses).
-FROM python:3.11-slim
+ARG PYTHON_IMAGE=python:3.11-slim
+FROM ${PYTHON_IMAGE}
 WORKDIR /app
 COPY scripts/requirements.txt scripts/requirements.txt
 RUN pip install --no-cache-dir -r scripts/requirements.txt

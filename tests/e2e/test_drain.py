@@ -675,27 +675,34 @@ def test_credentials_from_the_server_environment(db, aws_key, sqs):
 
 
 @needs_pg_cron
-def test_docker_initdb_script_schedules_the_drain_and_housekeeping(aws_key, sqs):
+def test_docker_initdb_script_schedules_the_drain_and_housekeeping(aws_key, sqs, db):
     """docker/initdb/10-fetch-etl.sh, run the way the postgres image runs it
-    (POSTGRES_USER/POSTGRES_DB/FETCH_ETL_QUEUE_URL in the environment)."""
+    (POSTGRES_USER/POSTGRES_DB/FETCH_ETL_QUEUE_URL in the environment), with
+    a POSTGRES_DB other than cron.database_name: pg_cron can only be created
+    in the latter (0.6.0's script created it in POSTGRES_DB and failed), and
+    the jobs run in the former."""
     import subprocess
 
     from conftest import PGHOST, PGPORT, REPO
 
     _, url = make_queue(sqs, [])
-    env = dict(os.environ, PGHOST=PGHOST, PGPORT=PGPORT, POSTGRES_USER="postgres", POSTGRES_DB="postgres",
+    with connect(db) as c:
+        c.execute("DROP EXTENSION fetch_etl")  # the script creates it
+    env = dict(os.environ, PGHOST=PGHOST, PGPORT=PGPORT, POSTGRES_USER="postgres", POSTGRES_DB=db,
                FETCH_ETL_QUEUE_URL=url)
     try:
-        subprocess.run(["sh", str(REPO / "docker" / "initdb" / "10-fetch-etl.sh")], env=env, check=True,
-                       capture_output=True)
+        r = subprocess.run(["sh", str(REPO / "docker" / "initdb" / "10-fetch-etl.sh")], env=env,
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
         with connect("postgres") as c:
-            jobs = dict(c.execute("SELECT jobname, command FROM cron.job WHERE jobname LIKE 'fetch-etl-%'").fetchall())
+            jobs = {n: (cmd, d) for n, cmd, d in c.execute(
+                "SELECT jobname, command, database FROM cron.job WHERE jobname LIKE 'fetch-etl-%'").fetchall()}
             assert jobs == {
-                "fetch-etl-drain": f"CALL fetch_etl.sqs_drain_for('{url}', interval '55 seconds')",
-                "fetch-etl-prune": "SELECT * FROM fetch_etl.prune()",
+                "fetch-etl-drain": (f"CALL fetch_etl.sqs_drain_for('{url}', interval '55 seconds')", db),
+                "fetch-etl-prune": ("SELECT * FROM fetch_etl.prune()", db),
             }
-            assert c.execute(jobs["fetch-etl-prune"]).fetchone() == (0, 0, 0)
+        with connect(db) as c:
+            assert c.execute(jobs["fetch-etl-prune"][0]).fetchone() == (0, 0, 0)
     finally:
         with connect("postgres") as c:
             c.execute("SELECT cron.unschedule(jobid) FROM cron.job WHERE jobname LIKE 'fetch-etl-%'")
-            c.execute("DROP EXTENSION IF EXISTS fetch_etl")

@@ -22,8 +22,13 @@ def main():
     m = re.search(r"^ARG PG_MAJOR=(\d+)$", docker, re.M)
     if not m or m.group(1) != default:
         problems.append(f"Dockerfile's default PG_MAJOR is not scripts/lib.sh's {default}")
-    if not re.search(r"^FROM postgres:\$\{PG_MAJOR\}-bookworm$", docker, re.M):
-        problems.append("the runtime image is not postgres:${PG_MAJOR}-bookworm")
+    # the base images are build arguments whose defaults are the official images
+    if not re.search(r"^ARG RUNTIME_IMAGE=postgres:\$\{PG_MAJOR\}-bookworm$", docker, re.M) \
+            or not re.search(r"^FROM \$\{RUNTIME_IMAGE\} AS runtime$", docker, re.M):
+        problems.append("the runtime image is not ${RUNTIME_IMAGE}, by default postgres:${PG_MAJOR}-bookworm")
+    if not re.search(r"^ARG BUILDER_IMAGE=rust:[0-9.]+-bookworm$", docker, re.M) \
+            or not re.search(r"^FROM \$\{BUILDER_IMAGE\} AS builder$", docker, re.M):
+        problems.append("the builder image is not ${BUILDER_IMAGE}, by default rust:<version>-bookworm")
     # every script a RUN line calls exists, and each of its options is one the
     # script's usage (its header comment) documents
     for run in re.findall(r"^RUN (scripts/\S+)([^\n]*)$", docker, re.M):
@@ -49,6 +54,12 @@ def main():
     pg = compose["services"]["postgres"]
     if pg["build"].get("args", {}).get("PG_MAJOR") != f"${{PG_MAJOR:-{default}}}":
         problems.append("docker-compose.yml does not pass PG_MAJOR (default 15) to the build")
+    cargo = (REPO / "Cargo.toml").read_text()
+    version = re.search(r'^version = "([^"]+)"$', cargo, re.M).group(1)
+    for name, svc in compose["services"].items():
+        tag = svc.get("image", "")
+        if tag and f":{version}" not in tag:
+            problems.append(f"docker-compose.yml's {name} image {tag} is not tagged with the crate version {version}")
     sqs = compose["services"]["sqs"]["build"]
     if not (REPO / sqs["context"] / sqs["dockerfile"]).exists():
         problems.append(f"the emulator's Dockerfile {sqs['dockerfile']} does not exist")
