@@ -75,31 +75,32 @@ impl Args<'_> {
     }
 }
 
-/// Runs the drain in a subtransaction, so that whatever fails in it is
-/// recorded as a failed run: `on_error => 'record'` records it in the
-/// caller's transaction and returns; otherwise (and for a cancel or
-/// timeout) the recorder writes it outside the transaction that is about
-/// to roll back (`postgres/recorder.rs`) and the error is raised as it was.
-/// With `'raise'`, arguments and a queue URL that are refused are raised
-/// before anything runs, unrecorded: the caller (pg_cron's
-/// `job_run_details`) sees them at once, and no role can make the server
-/// start a worker per call with them. A shutdown (57P01...) goes
+/// Runs the drain in a subtransaction, so that whatever fails in it, from
+/// its arguments on, is recorded as a failed run: `on_error => 'record'`
+/// records it in the caller's transaction and returns; otherwise (and for a
+/// cancel or timeout) the recorder writes it outside the transaction that
+/// is about to roll back (`postgres/recorder.rs`; at most 2 at a time per
+/// database) and the error is raised as it was. A shutdown (57P01...) goes
 /// unrecorded.
 pub(crate) fn drain(args: Args<'_>) -> Summary {
     let owner = extension_owner();
-    let checked = (args.on_error == OnError::Raise).then(|| checked_queue(&args));
     let result = in_subxact(AssertUnwindSafe(|| {
-        let queue = checked.unwrap_or_else(|| checked_queue(&args));
+        let queue = checked_queue(&args);
         locked_run(&args, owner, queue)
     }));
     match result {
         Ok(s) => s,
         Err(e) if e.is_shutdown() => e.rethrow(),
         Err(e) => {
-            // The queue URL as an error message shows it: one refused for
-            // carrying a password is recorded without it.
+            // A URL refused for carrying a password is recorded without it
+            // (as an error message shows it); any other, as given.
+            let queue_url = if args.queue_url.contains('@') {
+                for_message(args.queue_url)
+            } else {
+                args.queue_url.to_string()
+            };
             let failed = FailedRun {
-                queue_url: for_message(args.queue_url),
+                queue_url,
                 target_table: args.target_table.to_string(),
                 max_messages: args.max_messages,
                 wait_seconds: args.wait_seconds,

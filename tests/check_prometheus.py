@@ -4,9 +4,11 @@
   names a series <query name>_<column> for each non-LABEL column);
 - the state list of the `fetch_etl` query is the view's (and the core's) QueueState;
 - docs/operations.md lists exactly the series the queries file yields;
+- the Grafana dashboard is JSON whose queries use only those series;
 - `promtool check rules` and `promtool test rules` pass (skipped, loudly, without promtool).
 """
 
+import json
 import re
 import shutil
 import subprocess
@@ -38,6 +40,13 @@ def main() -> int:
     for used in sorted(set(re.findall(r"\bfetch_etl_\w+", exprs))):
         if used not in series:
             problems.append(f"fetch_etl_rules.yml uses {used}, which fetch_etl.yaml does not yield")
+    dashboard = json.loads((PROM / "fetch_etl_dashboard.json").read_text())
+    dash_exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    if not dash_exprs:
+        problems.append("fetch_etl_dashboard.json has no queries")
+    for used in sorted(set(re.findall(r"\bfetch_etl_\w+", " ".join(dash_exprs)))):
+        if used not in series:
+            problems.append(f"fetch_etl_dashboard.json uses {used}, which fetch_etl.yaml does not yield")
     states = re.findall(r"'(\w+)'", re.search(r"ARRAY\[([^\]]*)\]", queries["fetch_etl"]["query"]).group(1))
     contract = (REPO / "crates" / "core" / "src" / "contract.rs").read_text()
     block = contract[contract.index("    QueueState {"):]

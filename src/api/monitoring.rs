@@ -26,10 +26,10 @@ fn drain_progress() -> TableIterator<
         name!(phase, String),
         name!(started_at, Option<TimestampWithTimeZone>),
         name!(updated_at, Option<TimestampWithTimeZone>),
-        name!(received, i64),
-        name!(loaded, i64),
-        name!(rejected, i64),
-        name!(duplicates, i64),
+        name!(received, Option<i64>),
+        name!(loaded, Option<i64>),
+        name!(rejected, Option<i64>),
+        name!(duplicates, Option<i64>),
     ),
 > {
     if !progress::available() {
@@ -39,24 +39,36 @@ fn drain_progress() -> TableIterator<
             "Add fetch_etl to shared_preload_libraries and restart PostgreSQL.",
         );
     }
+    // As pg_stat_activity: what a run is about (its queue, run id and
+    // counts) only to roles with the rights of the role that runs it, and
+    // to members of pg_read_all_stats (pg_monitor).
+    // SAFETY: reads the current user id.
+    let me = unsafe { pg_sys::GetUserId() };
+    // SAFETY: a catalog lookup of role memberships.
+    let all =
+        unsafe { pg_sys::has_privs_of_role(me, pg_sys::Oid::from(pg_sys::ROLE_PG_READ_ALL_STATS)) };
     let rows: Vec<_> = progress::snapshot()
         .into_iter()
         .map(|s| {
+            let role = pg_sys::Oid::from(s.role);
+            // SAFETY: as above.
+            let shown = all || unsafe { pg_sys::has_privs_of_role(me, role) };
             let url = s.queue_url();
+            let count = |i: usize| shown.then_some(s.counts[i]);
             (
                 s.pid,
                 database_name(s.database),
-                role_name(pg_sys::Oid::from(s.role)),
+                role_name(role),
                 s.kind().as_str().to_string(),
-                (s.run_id != 0).then_some(s.run_id),
-                (!url.is_empty()).then(|| url.to_string()),
+                (shown && s.run_id != 0).then_some(s.run_id),
+                (shown && !url.is_empty()).then(|| url.to_string()),
                 s.phase().as_str().to_string(),
                 TimestampWithTimeZone::try_from(s.started_at).ok(),
                 TimestampWithTimeZone::try_from(s.updated_at).ok(),
-                s.counts[0],
-                s.counts[1],
-                s.counts[2],
-                s.counts[3],
+                count(0),
+                count(1),
+                count(2),
+                count(3),
             )
         })
         .collect();

@@ -105,9 +105,19 @@ impl Tracked {
     }
 }
 
-/// At COMMIT: this backend's runs are deleting their messages.
+/// At COMMIT: this backend's drains are deleting their messages.
 pub(crate) fn at_commit() {
-    set_all(Phase::Deleting);
+    if !available() {
+        return;
+    }
+    let mine: Vec<usize> = MINE.with(|m| m.borrow().iter().map(|&(i, _)| i).collect());
+    if !mine.is_empty() {
+        let mut board = BOARD.exclusive();
+        let t = now();
+        for i in mine {
+            board.0.deleting(i, pid(), t);
+        }
+    }
 }
 
 /// At the end of the transaction (after the deletes), or of the
@@ -132,20 +142,6 @@ pub(crate) fn at_end(from: Option<pg_sys::SubTransactionId>) {
     }
 }
 
-fn set_all(phase: Phase) {
-    if !available() {
-        return;
-    }
-    let mine: Vec<usize> = MINE.with(|m| m.borrow().iter().map(|&(i, _)| i).collect());
-    if !mine.is_empty() {
-        let mut board = BOARD.exclusive();
-        let t = now();
-        for i in mine {
-            board.0.update(i, pid(), phase, None, t);
-        }
-    }
-}
-
 /// Frees this backend's slots when it exits (a FATAL error or a terminate
 /// does not unwind to the transaction callbacks).
 fn hook_exit() {
@@ -161,7 +157,9 @@ unsafe extern "C-unwind" fn on_exit(_code: i32, _arg: pg_sys::Datum) {
     BOARD.exclusive().0.release_all(pid());
 }
 
-/// The runs in progress in every database (a copy, taken under the lock).
+/// The runs in progress in every database (the board copied under the
+/// lock, read after it is released).
 pub(crate) fn snapshot() -> Vec<Slot> {
-    BOARD.share().0.in_progress()
+    let board: Board = BOARD.share().0;
+    board.in_progress()
 }

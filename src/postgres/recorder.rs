@@ -26,6 +26,7 @@
 //!   error is raised all the same. Nothing here needs
 //!   `shared_preload_libraries`.
 
+use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
 use pgrx::bgworkers::{
@@ -38,7 +39,7 @@ use fetch_etl_core::failed_run::FailedRun;
 
 use super::locks::try_lock_queue;
 use super::runs::{self, AsRequest};
-use super::spi::{extension_owner, role_name};
+use super::spi::{extension_owner, in_subxact, role_name};
 
 /// How long the failing backend waits for the record to be written.
 const WAIT: Duration = Duration::from_secs(10);
@@ -60,12 +61,30 @@ pub(crate) fn record_failed(owner: pg_sys::Oid, mut run: FailedRun) -> Option<i6
     if unsafe { pg_sys::RecoveryInProgress() } {
         return None; // a standby: no drain can run, nor any record be written
     }
-    let slot = (1..=RECORDERS).any(|i| try_lock_queue(owner, &format!("fetch_etl:recorder:{i}")));
-    if !slot {
-        warning!(
-            "fetch_etl: the failed run was not recorded: {RECORDERS} other failures are being recorded"
-        );
+    // SAFETY: as above.
+    if unsafe { pg_sys::XactReadOnly } {
+        warning!("fetch_etl: the failed run was not recorded: the transaction is read-only");
         return None;
+    }
+    // A recorder slot: nothing that goes wrong here may hide the drain's error.
+    let slot = in_subxact(AssertUnwindSafe(|| {
+        (1..=RECORDERS).any(|i| try_lock_queue(owner, &format!("fetch_etl:recorder:{i}")))
+    }));
+    match slot {
+        Ok(true) => {}
+        Ok(false) => {
+            warning!(
+                "fetch_etl: the failed run was not recorded: {RECORDERS} other failures are being recorded"
+            );
+            return None;
+        }
+        Err(e) => {
+            warning!(
+                "fetch_etl: the failed run was not recorded: {}",
+                e.describe()
+            );
+            return None;
+        }
     }
     run.run_by = session_user();
     let payload = run.bounded().encode();
@@ -155,6 +174,19 @@ fn session_user() -> String {
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn fetch_etl_record_failed_run(arg: pg_sys::Datum) {
+    // A worker starts with signals blocked: SIGTERM is a backend's `die`
+    // (served at the next interrupt check, never inside a critical
+    // section), and unblocking lets lock_timeout's SIGALRM and a terminate
+    // reach it.
+    // SAFETY: installs PostgreSQL's own handler, then unblocks signals, as
+    // PostgreSQL's example workers do.
+    unsafe {
+        #[cfg(not(feature = "pg18"))]
+        pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(postgres_c::die));
+        #[cfg(feature = "pg18")]
+        pg_sys::pqsignal_be(pg_sys::SIGTERM as i32, Some(postgres_c::die));
+        pg_sys::BackgroundWorkerUnblockSignals();
+    }
     let extra = BackgroundWorker::get_extra();
     let Some((Ok(db), Ok(tag))) = extra
         .split_once(' ')
@@ -204,5 +236,15 @@ pub extern "C-unwind" fn fetch_etl_record_failed_run(arg: pg_sys::Datum) {
             .cast::<i64>();
         std::ptr::write_volatile(base, run_id.unwrap_or(0));
         pg_sys::dsm_detach(seg);
+    }
+}
+
+/// PostgreSQL's own SIGTERM handler, as the server exports it (pgrx wraps
+/// `pg_sys::die` in a Rust function, which cannot be a signal handler).
+mod postgres_c {
+    extern "C-unwind" {
+        /// tcop/postgres.c: sets ProcDiePending, served at the next
+        /// interrupt check.
+        pub(super) fn die(signal: std::ffi::c_int);
     }
 }

@@ -93,17 +93,16 @@ def test_a_busy_queue_shows_as_skipped_while_nothing_loads(db, aws_key, sqs):
     ],
     ids=["endpoint-not-allowed", "malformed-url", "argument-out-of-range"],
 )
-def test_errors_before_the_run_starts_are_recorded_with_on_error_record(pg, setup, url, kw):
+def test_errors_before_the_run_starts_are_recorded(pg, setup, url, kw):
     if setup:
         pg.execute(setup)
     row = drain(pg, url, on_error="record", **kw)
     assert row[0] is not None and counts(row) == (0, 0, 0, 0)
     (status, error, _), = runs(pg, url)
     assert status == "failed" and error[:5] in ("42501", "22023"), error
-    # with 'raise' they are the caller's to see at once: no worker is started for them
     with pytest.raises(psycopg.Error):
         drain(pg, url, **kw)
-    assert [r[0] for r in runs(pg, url)] == ["failed"]
+    assert [r[0] for r in runs(pg, url)] == ["failed", "failed"], "and with on_error => 'raise'"
 
 
 def test_a_refused_queue_url_is_recorded_without_its_password(pg):
@@ -206,3 +205,27 @@ def test_queue_counters_never_go_down(pg, sqs):
     drain(pg, url)
     after = pg.execute(f"SELECT {cols} FROM fetch_etl.queue_counters WHERE queue_url = %s", (url,)).fetchone()
     assert after[0] == before[0] + 1 and after[3] >= before[3]
+
+
+def test_a_recorder_that_cannot_write_is_stopped_and_the_error_raised_as_it_was(db, aws_key):
+    """A recorder blocked on drain_runs (an ALTER EXTENSION UPDATE, a VACUUM
+    FULL) gives up at its lock_timeout and exits: workers must not pile up
+    while drains keep failing. (0.7.0's first recorder ran with signals
+    blocked: no lock_timeout, no terminate.)"""
+    holder, c = connect(db), connect(db)
+    holder.autocommit = False
+    holder.execute("LOCK TABLE fetch_etl.drain_runs IN ACCESS EXCLUSIVE MODE")
+    warnings = []
+    c.add_notice_handler(lambda n: warnings.append(n.message_primary))
+    start = time.monotonic()
+    with pytest.raises(psycopg.Error) as e:
+        drain(c, "https://sqs.us-east-1.amazonaws.com/123456789012/q", max_messages=0)
+    took = time.monotonic() - start
+    assert e.value.sqlstate == "22023", "the drain's own error"
+    assert any("the failed run could not be recorded" in w for w in warnings), warnings
+    assert took < 9, f"the recorder's lock_timeout (4 s) ended it: {took:.1f} s"
+    recorders = holder.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'fetch_etl run recorder'").fetchone()
+    assert recorders == (0,)
+    holder.rollback()
+    holder.close(), c.close()

@@ -72,6 +72,20 @@ def test_drain_progress_forgets_a_failed_drain_and_a_terminated_backend(db, aws_
         assert w.execute("SELECT count(*) FROM fetch_etl.drain_progress()").fetchone() == (0,)
         c.rollback()
         drain(c, url)
+        # as pg_stat_activity: another role sees the run, not its queue or counts...
+        w.execute("CREATE ROLE progress_reader")
+        w.execute("GRANT EXECUTE ON FUNCTION fetch_etl.drain_progress() TO progress_reader")
+        w.execute("SET ROLE progress_reader")
+        assert w.execute("SELECT run_by, kind, queue_url, run_id, received FROM fetch_etl.drain_progress()").fetchall() \
+            == [("postgres", "drain", None, None, None)]
+        # ...unless it may read all statistics (pg_monitor)
+        w.execute("RESET ROLE")
+        w.execute("GRANT pg_read_all_stats TO progress_reader")
+        w.execute("SET ROLE progress_reader")
+        assert w.execute("SELECT queue_url, received FROM fetch_etl.drain_progress()").fetchall() == [(url, 0)]
+        w.execute("RESET ROLE")
+        w.execute("DROP OWNED BY progress_reader")
+        w.execute("DROP ROLE progress_reader")
         w.execute("SELECT pg_terminate_backend(%s)", (c.info.backend_pid,))
         deadline = time.monotonic() + 10
         while w.execute("SELECT count(*) FROM fetch_etl.drain_progress()").fetchone() != (0,):
@@ -139,6 +153,7 @@ def exporter(db):
         c.execute("CREATE ROLE fetch_etl_monitor LOGIN")
         c.execute("GRANT SELECT ON fetch_etl.queue_health, fetch_etl.queue_counters TO fetch_etl_monitor")
         c.execute("GRANT EXECUTE ON FUNCTION fetch_etl.drain_progress() TO fetch_etl_monitor")
+        c.execute("GRANT pg_monitor TO fetch_etl_monitor")
     e = Exporter(db)
     yield e
     e.close()

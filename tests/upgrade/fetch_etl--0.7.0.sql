@@ -433,10 +433,10 @@ CREATE  FUNCTION "drain_progress"() RETURNS TABLE (
 	"phase" TEXT,  /* String */
 	"started_at" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
 	"updated_at" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
-	"received" bigint,  /* i64 */
-	"loaded" bigint,  /* i64 */
-	"rejected" bigint,  /* i64 */
-	"duplicates" bigint  /* i64 */
+	"received" bigint,  /* Option < i64 > */
+	"loaded" bigint,  /* Option < i64 > */
+	"rejected" bigint,  /* Option < i64 > */
+	"duplicates" bigint  /* Option < i64 > */
 )
 STRICT VOLATILE PARALLEL SAFE
 LANGUAGE c /* Rust */

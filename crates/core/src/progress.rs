@@ -13,6 +13,9 @@ use crate::dead_letter::floor_char_boundary;
 
 /// Runs shown at once.
 pub const SLOTS: usize = 128;
+/// Runs shown at once per backend: one transaction that calls sqs_drain
+/// for every row of a query must not take every slot.
+pub const SLOTS_PER_BACKEND: usize = 8;
 /// The most of a queue URL a slot keeps.
 pub const URL_BYTES: usize = 256;
 
@@ -111,7 +114,9 @@ impl Board {
     /// Takes a free slot for a run; its index, or None (counted) when all
     /// are taken.
     pub fn claim(&mut self, s: &Start<'_>) -> Option<usize> {
-        let Some(i) = self.slots.iter().position(|x| x.pid == 0) else {
+        let mine = self.slots.iter().filter(|x| x.pid == s.pid).count();
+        let free = self.slots.iter().position(|x| x.pid == 0);
+        let Some(i) = free.filter(|_| mine < SLOTS_PER_BACKEND) else {
             self.untracked += 1;
             return None;
         };
@@ -142,6 +147,18 @@ impl Board {
                 s.counts = c;
             }
             s.updated_at = now;
+        }
+    }
+
+    /// Slot `i`, a drain of `pid`'s, is deleting its messages (a replay
+    /// deletes none).
+    pub fn deleting(&mut self, i: usize, pid: i32, now: i64) {
+        if self
+            .slots
+            .get(i)
+            .is_some_and(|s| s.pid == pid && s.kind() == Kind::Drain)
+        {
+            self.update(i, pid, Phase::Deleting, None, now);
         }
     }
 
@@ -238,6 +255,34 @@ mod tests {
         assert_eq!(b.untracked, 1);
         b.release_all(3);
         assert!(b.claim(&start(9999, "u")).is_some());
+    }
+
+    #[test]
+    fn one_backend_takes_at_most_its_share_of_the_board() {
+        let mut b = Board::default();
+        for _ in 0..SLOTS_PER_BACKEND {
+            assert!(b.claim(&start(7, "u")).is_some());
+        }
+        assert_eq!(b.claim(&start(7, "u")), None);
+        assert_eq!(b.untracked, 1);
+        assert!(b.claim(&start(8, "u")).is_some(), "others still are shown");
+    }
+
+    #[test]
+    fn only_drains_are_shown_deleting() {
+        let mut b = Board::default();
+        let d = b.claim(&start(7, "u")).unwrap();
+        let r = b
+            .claim(&Start {
+                kind: Kind::Replay,
+                phase: Phase::Replaying,
+                ..start(7, "")
+            })
+            .unwrap();
+        b.deleting(d, 7, 5);
+        b.deleting(r, 7, 5);
+        let phases: Vec<Phase> = b.in_progress().iter().map(|s| s.phase()).collect();
+        assert!(phases.contains(&Phase::Deleting) && phases.contains(&Phase::Replaying));
     }
 
     #[test]
