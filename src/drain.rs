@@ -37,7 +37,7 @@ use fetch_etl_sqs::queue_url::for_message;
 use fetch_etl_sqs::{Client, Message, QueueRef, SqsError};
 
 use crate::postgres::error::{raise, OrRaise};
-use crate::postgres::runs::{self, AsRequest, Counts, Finished, RunRequest};
+use crate::postgres::runs::{self, Counts, Finished, RunRequest};
 use crate::postgres::spi::{extension_owner, in_subxact};
 use crate::postgres::store::Store;
 use crate::postgres::{
@@ -110,7 +110,7 @@ pub(crate) fn drain(args: Args<'_>) -> Summary {
             }
             .bounded();
             if args.on_error == OnError::Record && !e.is_interrupt() {
-                let run_id = runs::record_failed(owner, &failed.request(), &failed.error, None);
+                let run_id = runs::record_failed(owner, &failed, None);
                 pgrx::warning!(
                     "fetch_etl: drain run {run_id} failed and was rolled back: {}",
                     failed.error

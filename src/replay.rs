@@ -65,13 +65,13 @@ pub(crate) fn replay(args: &Args<'_>) -> Replayed {
         0,
         args.queue_url.unwrap_or_default(),
     );
+    let filter = Filter::of(args, &store, &target, true);
     let mut done = Replayed::default();
     loop {
         let left = i64::from(args.max_rows) - done.replayed;
         if left <= 0 {
             break;
         }
-        let filter = Filter::of(args, &store, &target, true);
         let page = lock_page(owner, &filter, left.min(REPLAY_PAGE_ROWS as i64));
         if page.is_empty() {
             break;
@@ -106,13 +106,13 @@ pub(crate) fn discard(args: &Args<'_>, note: &str) -> i64 {
     let loaded = pipelines::load(args.pipeline, args.target_table);
     let store = Store::open(loaded.pipelines, &loaded.targets, owner);
     let target = store.target_names();
+    let filter = Filter::of(args, &store, &target, false);
     let mut discarded = 0i64;
     loop {
         let left = i64::from(args.max_rows) - discarded;
         if left <= 0 {
             break;
         }
-        let filter = Filter::of(args, &store, &target, false);
         let ids: Vec<i64> = lock_page(owner, &filter, left.min(REPLAY_PAGE_ROWS as i64))
             .into_iter()
             .map(|(id, _)| id)

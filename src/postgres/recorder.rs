@@ -38,7 +38,7 @@ use pgrx::prelude::*;
 use fetch_etl_core::failed_run::FailedRun;
 
 use super::locks::try_lock_queue;
-use super::runs::{self, AsRequest};
+use super::runs;
 use super::spi::{extension_owner, in_subxact, role_name};
 
 /// How long the failing backend waits for the record to be written.
@@ -225,7 +225,7 @@ pub extern "C-unwind" fn fetch_etl_record_failed_run(arg: pg_sys::Datum) {
                 return None; // dropped meanwhile: nothing to record into
             }
             let owner = extension_owner();
-            Some(runs::record_failed(owner, &run.request(), &run.error, Some(&run.run_by)))
+            Some(runs::record_failed(owner, &run, Some(&run.run_by)))
         })
     });
     // SAFETY: the run id goes where the launcher reads it after we stop.

@@ -24,23 +24,6 @@ pub(crate) struct RunRequest<'a> {
     pub(crate) pipeline: Option<&'a str>,
 }
 
-/// The request of a failed run's record.
-pub(crate) trait AsRequest {
-    fn request(&self) -> RunRequest<'_>;
-}
-
-impl AsRequest for FailedRun {
-    fn request(&self) -> RunRequest<'_> {
-        RunRequest {
-            queue_url: &self.queue_url,
-            target_table: &self.target_table,
-            max_messages: self.max_messages,
-            wait_seconds: self.wait_seconds,
-            pipeline: self.pipeline.as_deref(),
-        }
-    }
-}
-
 /// What a run did with the messages it received (`received = loaded +
 /// rejected + duplicates`): what sqs_drain returns and drain_runs records.
 #[derive(Debug, Default, Clone, Copy)]
@@ -137,15 +120,24 @@ pub(crate) fn record_skipped(owner: pg_sys::Oid, req: &RunRequest<'_>) -> i64 {
 }
 
 /// A run that failed and was rolled back: in the caller's transaction
-/// (`on_error => 'record'`), or in the recorder's (`recorder.rs`), which
-/// names the session user who ran it.
-pub(crate) fn record_failed(
-    owner: pg_sys::Oid,
-    req: &RunRequest<'_>,
-    error: &str,
-    run_by: Option<&str>,
-) -> i64 {
-    insert(owner, req, RunStatus::Failed, Some(error), None, run_by)
+/// (`on_error => 'record'`, `run_by` None: the session user), or in the
+/// recorder's (`recorder.rs`), which names the session user who ran it.
+pub(crate) fn record_failed(owner: pg_sys::Oid, run: &FailedRun, run_by: Option<&str>) -> i64 {
+    let req = RunRequest {
+        queue_url: &run.queue_url,
+        target_table: &run.target_table,
+        max_messages: run.max_messages,
+        wait_seconds: run.wait_seconds,
+        pipeline: run.pipeline.as_deref(),
+    };
+    insert(
+        owner,
+        &req,
+        RunStatus::Failed,
+        Some(&run.error),
+        None,
+        run_by,
+    )
 }
 
 /// Completes a started run: `ok`, or `partial` when an error stopped it early.
